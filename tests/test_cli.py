@@ -1,0 +1,36 @@
+"""`ahnet summary` reproduces Table 2 through the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ahnet.cli import main
+
+
+def test_summary_json_released_equals_table2(capsys):
+    assert main(["summary", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert set(rows[0]) == {"model", "preset", "conv_layers", "params", "paper_conv_layers", "paper_params"}
+    by_key = {(r["model"], r["preset"]): r for r in rows}
+    assert {m for m, _ in by_key} == {"2d-unet", "3d-unet", "resnet50", "mc-gcn", "ahnet"}
+    for key in [("ahnet", "released"), ("mc-gcn", "released"), ("2d-unet", "paper"), ("3d-unet", "paper")]:
+        row = by_key[key]
+        assert (row["conv_layers"], row["params"]) == (row["paper_conv_layers"], row["paper_params"]), key
+    assert by_key[("ahnet", "released")]["params"] == 27_085_500
+    assert by_key[("mc-gcn", "released")]["params"] == 23_576_758
+    assert ("ahnet", "paper") in by_key and ("mc-gcn", "paper") in by_key
+
+
+def test_summary_table(capsys):
+    assert main(["summary"]) == 0
+    out = capsys.readouterr().out
+    assert "27,085,500" in out and "unused Conv2d(256, 64, 1)" in out
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).with_name("ahnet")
+    out = subprocess.run([str(exe), "summary", "--json"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert json.loads(out.stdout)[-1]["params"] == 27_085_500
