@@ -1,0 +1,24 @@
+"""The README's examples run, and CI runs the README's test command."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_python_examples_run():
+    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), {})
+
+
+def test_ci_runs_the_readme_test_command():
+    setup = re.search(r"## Set-up on a fresh machine.*?```bash\n(.*?)```", README, flags=re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in setup.splitlines() if line.strip()]
+    assert len(commands) == 2
+    test_command = next(c for c in commands if "test" in c)
+    assert test_command in (ROOT / ".ci" / "run").read_text()
+    for command in commands:
+        assert (ROOT / command.split()[1]).is_file()
