@@ -4,7 +4,7 @@ Tensor convention, used everywhere in ahnet: volumes are ``(N, C, X, Y, Z)`` whe
 fine in-plane axes and Z is the thick-slice (between-slice) axis; 2D slices are ``(N, C, X, Y)``.
 """
 
-from .errors import AhnetError, CheckpointError, ConfigError, InputShapeError, TransferError
+from .errors import AhnetError, CheckpointError, ConfigError, DataError, InputShapeError, TransferError
 
 __version__ = "0.1.0"
 
@@ -12,6 +12,7 @@ __all__ = [
     "AhnetError",
     "CheckpointError",
     "ConfigError",
+    "DataError",
     "InputShapeError",
     "TransferError",
     "__version__",

@@ -22,3 +22,7 @@ class CheckpointError(AhnetError, ValueError):
 
 class TransferError(AhnetError, ValueError):
     """A 2D network cannot be transferred into the given 3D network (Eq. 1-3)."""
+
+
+class DataError(AhnetError, ValueError):
+    """A data set, volume, label or box file is missing, unreadable or inconsistent."""
