@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .errors import AhnetError
+from .errors import AhnetError, ConfigError
 
 
 def _summary(args: argparse.Namespace) -> int:
@@ -16,15 +16,133 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from .data.dataset import verify_dataset
+
+    report = verify_dataset(args.dataset, progress=not args.quiet)
+    print(report.text())
+    return 0 if report.ok else 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, Trainer
+
+    if args.resume:
+        config = TrainConfig(data=args.data or "", out=args.out, device=args.device, workers=args.workers,
+                             model=args.model)
+    else:
+        if not args.data:
+            raise ConfigError("--data is required (an nnU-Net-format data set folder)")
+        fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+        if args.command == "train3d" and args.stage1_epochs is None:
+            fields["stage1_epochs"] = args.epochs if args.init else 0
+        config = TrainConfig(**fields)
+    result = Trainer(config, resume=args.resume).fit()
+    print(f"trained {result['epochs']} epoch(s); best validation {result['best_metric']:.4f}; "
+          f"checkpoints in {args.out}")
+    return 0
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from .training import transfer_checkpoint
+
+    out = transfer_checkpoint(args.checkpoint, args.out, preset=args.preset)
+    print(f"AH-Net ({args.preset}) with the transferred encoder written to {out}")
+    return 0
+
+
+def _size(text: str) -> tuple[int, ...]:
+    try:
+        size = tuple(int(s) for s in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 96x96x32, got {text!r}") from None
+    if len(size) == 2:
+        size = (*size, 3)
+    if len(size) != 3 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected a size like 96x96x32, got {text!r}")
+    return size
+
+
+def _window(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH in HU such as -125,225, got {text!r}") from None
+    return lo, hi
+
+
+def _add_train_arguments(p: argparse.ArgumentParser, dims: int) -> None:
+    models = ("mc-gcn", "2d-unet") if dims == 2 else ("ahnet", "3d-unet")
+    p.add_argument("--data", help="data set folder (nnU-Net v2 raw format, + boxesTr.json for detection)")
+    p.add_argument("--out", required=True, help="run folder: config.json, checkpoints, metrics, curve")
+    p.add_argument("--model", choices=models, default=models[0])
+    p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50"), default="resnet50")
+    p.add_argument("--preset", choices=("paper", "released"), default="paper")
+    p.add_argument("--patch", type=_size, default=(128, 128, 3) if dims == 2 else (96, 96, 32),
+                   help="patch size XxY (2D) or XxYxZ (3D); paper: 512x512, 256x256x32 DBT, 192x192x64 CT")
+    p.add_argument("--batch-size", type=int, default=8 if dims == 2 else 2)
+    p.add_argument("--epochs", type=int, default=10,
+                   help="epochs with all parameters trained" + ("" if dims == 2 else " (stage 2)"))
+    p.add_argument("--iters-per-epoch", type=int, default=100)
+    p.add_argument("--lr", type=float, default=5e-4 if dims == 2 else 1e-3, help="Adam learning rate (§4)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers sampling patches")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
+                   help="mixed precision on CUDA (auto: bf16 where supported)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--positive-ratio", type=float, default=0.7, help="share of patches on lesions (§4.1)")
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--val-patches", type=int, default=4, help="fixed validation patches per held-out case")
+    p.add_argument("--no-focal", dest="focal", action="store_false", default=None,
+                   help="never switch to the focal loss")
+    p.add_argument("--focal-gamma", type=float, default=2.0)
+    p.add_argument("--focal-d-max", type=float, default=1.0, help="D_max of Eq. 4 (heatmap regression)")
+    p.add_argument("--switch-patience", type=int, default=3,
+                   help="switch to the focal loss after this many epochs without improvement")
+    p.add_argument("--switch-threshold", type=float, default=0.01, help="relative improvement that counts")
+    p.add_argument("--switch-epoch", type=int, help="switch to the focal loss at this epoch instead")
+    p.add_argument("--window", type=_window, help="CT HU window LOW,HIGH (default -125,225, §4.2)")
+    p.add_argument("--inplane-spacing", type=float, help="resample X and Y to this spacing in mm")
+    p.add_argument("--sigma-scale", type=float, default=0.25, help="heatmap sigma per box extent (Eq. 5)")
+    if dims == 2:
+        p.add_argument("--pretrained", help="local torchvision-format ImageNet ResNet file for mc-gcn")
+    else:
+        p.add_argument("--init", help="transferred AH-Net checkpoint from `ahnet transfer`")
+        p.add_argument("--stage1-epochs", type=int,
+                       help="epochs with the transferred encoder frozen (§3.4; default: --epochs with --init)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="ahnet", description="3D Anisotropic Hybrid Network (AH-Net) toolkit")
     parser.add_argument("--version", action="version", version=f"ahnet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     summary = commands.add_parser("summary", help="conv layers and parameters of every network (Table 2)")
     summary.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     summary.set_defaults(run=_summary)
+
+    verify = commands.add_parser("verify", help="check a data set's files before training")
+    verify.add_argument("dataset", help="data set folder")
+    verify.add_argument("--quiet", action="store_true", help="no progress bar")
+    verify.set_defaults(run=_verify)
+
+    train2d = commands.add_parser("train2d", help="train MC-GCN (or the 2D U-Net) on 3-slice stacks")
+    _add_train_arguments(train2d, 2)
+    train2d.set_defaults(run=_train)
+
+    transfer = commands.add_parser("transfer", help="MC-GCN checkpoint to AH-Net checkpoint (Eq. 1-3)")
+    transfer.add_argument("checkpoint", help="an mc-gcn checkpoint from train2d")
+    transfer.add_argument("--out", required=True, help="the AH-Net checkpoint to write")
+    transfer.add_argument("--preset", choices=("paper", "released"), default="paper")
+    transfer.set_defaults(run=_transfer)
+
+    train3d = commands.add_parser("train3d", help="train AH-Net (two stages) or the 3D U-Net on 3D patches")
+    _add_train_arguments(train3d, 3)
+    train3d.set_defaults(run=_train)
     return parser
 
 
@@ -35,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     except AhnetError as err:
         print(f"ahnet {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"ahnet {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

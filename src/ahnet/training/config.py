@@ -1,0 +1,89 @@
+"""The resolved configuration of a training run, written next to its checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ..errors import ConfigError
+from ..models.factory import MODEL_DIMS
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (§4: Adam, learning rates, patches, losses).
+
+    ``epochs`` is the number of epochs with all parameters trained; ``stage1_epochs`` the epochs
+    before them with the transferred encoder frozen (§3.4; only with ``init``).
+    """
+
+    data: str
+    out: str
+    model: str = "ahnet"
+    backbone: str = "resnet50"
+    preset: str = "paper"
+    patch: tuple[int, int, int] = (96, 96, 32)
+    batch_size: int = 2
+    epochs: int = 10
+    stage1_epochs: int = 0
+    iters_per_epoch: int = 100
+    lr: float = 1e-3
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 2
+    amp: str = "auto"
+    positive_ratio: float = 0.7
+    augment: bool = True
+    val_fraction: float = 0.2
+    val_patches: int = 4
+    focal: bool = True
+    focal_gamma: float = 2.0
+    focal_d_max: float = 1.0
+    switch_patience: int = 3
+    switch_threshold: float = 0.01
+    switch_epoch: int | None = None
+    window: tuple[float, float] | None = None
+    inplane_spacing: float | None = None
+    sigma_scale: float = 0.25
+    pretrained: str | None = None
+    init: str | None = None
+
+    def __post_init__(self):
+        self.patch = tuple(int(p) for p in self.patch)
+        if self.model not in MODEL_DIMS:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {sorted(MODEL_DIMS)}")
+        if len(self.patch) != 3 or min(self.patch) < 1:
+            raise ConfigError(f"patch must be three positive sizes XxYxZ, got {self.patch}")
+        for name in ("batch_size", "iters_per_epoch", "val_patches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs < 0 or self.stage1_epochs < 0 or self.epochs + self.stage1_epochs < 1:
+            raise ConfigError("train for at least one epoch (epochs + stage1_epochs >= 1)")
+        if self.stage1_epochs and not self.init:
+            raise ConfigError("stage 1 (frozen encoder) needs --init, a transferred checkpoint (ahnet transfer)")
+        if self.init and self.model != "ahnet":
+            raise ConfigError("--init (a transferred encoder) applies to --model ahnet only")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be within [0, 1), got {self.val_fraction}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.amp not in ("auto", "bf16", "fp16", "none"):
+            raise ConfigError(f"amp must be auto, bf16, fp16 or none, got {self.amp!r}")
+
+    @property
+    def spatial_dims(self) -> int:
+        return MODEL_DIMS[self.model]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["patch"] = list(self.patch)
+        d["window"] = list(self.window) if self.window else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        if d.get("window"):
+            d["window"] = tuple(d["window"])
+        return cls(**d)

@@ -1,0 +1,351 @@
+"""One trainer for every network (MC-GCN, AH-Net and the U-Net baselines), built by composition.
+
+A run is a list of stages (§3.4): with a transferred encoder, stage 1 trains the decoder with the
+encoder locked, stage 2 trains all parameters jointly; otherwise one joint stage. Each stage uses
+Adam with beta (0.9, 0.999), eps 1e-8 (§4). The loss starts as cross-entropy (segmentation) or L2
+(heatmaps) and switches to its focal form when it stops improving (:class:`LossSchedule`).
+
+Each epoch: ``iters_per_epoch`` batches of patches sampled online in DataLoader workers, a
+validation on fixed held-out patches, a line in ``metrics.jsonl``, ``training_curve.png``, and
+``checkpoint_latest.pt`` (plus ``checkpoint_best.pt`` when validation improves), all written
+atomically by rank 0. Under ``torchrun`` the same code trains data-parallel (DDP).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from ..data.dataset import CaseFiles, DatasetInfo, load_dataset
+from ..data.intensity import Intensity
+from ..data.sampling import CaseLoader, PatchDataset, Preprocessing
+from ..errors import ConfigError
+from ..losses import LossSchedule
+from ..models.factory import build_model, model_meta, model_from_meta
+from .checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+
+ADAM_BETAS = (0.9, 0.999)  # §4
+ADAM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    epochs: int
+    encoder_frozen: bool
+
+
+def split_cases(cases: list[CaseFiles], val_fraction: float, seed: int) -> tuple[list[CaseFiles], list[CaseFiles]]:
+    """A seeded split into training and validation cases (at least one of each when possible)."""
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_val = min(len(cases) - 1, max(1, round(val_fraction * len(cases)))) if val_fraction > 0 else 0
+    val = sorted((cases[i] for i in order[:n_val]), key=lambda c: c.name)
+    train = sorted((cases[i] for i in order[n_val:]), key=lambda c: c.name)
+    return train, val
+
+
+class _Distributed:
+    """Rank, world size and device; initialises the process group under torchrun."""
+
+    def __init__(self, device: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        use_cuda = torch.cuda.is_available() and device in ("auto", "cuda") or device.startswith("cuda:")
+        if device == "cpu":
+            use_cuda = False
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        self.rank = dist.get_rank() if self.world > 1 else 0
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.startswith("cuda:") and self.world == 1:
+            self.device = torch.device(device)
+        elif use_cuda:
+            self.device = torch.device("cuda", local if self.world > 1 else 0)
+            torch.cuda.set_device(self.device)
+        elif device in ("auto", "cpu"):
+            self.device = torch.device("cpu")
+        else:
+            raise ConfigError(f"device {device!r} is not available (use auto, cpu, cuda or cuda:N)")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mean(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t.item()) / self.world
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+class Trainer:
+    """Trains ``config.model`` on the data set in ``config.data``; see the module docstring."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True):
+        self.out = Path(config.out)
+        if resume:
+            latest = self.out / "checkpoint_latest.pt"
+            saved = load_checkpoint(latest, kind="train")
+            # The run continues with its own configuration; only where it runs may change.
+            config = TrainConfig.from_dict({**saved["config"], "device": config.device, "workers": config.workers})
+            self._resume_from = saved
+        else:
+            self._resume_from = None
+        self.config = config
+        self.progress = progress
+        self.dist = _Distributed(config.device)
+        self.info: DatasetInfo = load_dataset(config.data)
+        self.train_cases, self.val_cases = split_cases(self.info.cases, config.val_fraction, config.seed)
+        task = self.info.task
+        self.preprocessing = Preprocessing(
+            task, Intensity.for_modality(self.info.modality, config.window), config.inplane_spacing, config.sigma_scale)
+        out_channels = self.info.num_classes if task == "seg" else 1
+        channels = len(self.info.channel_names)
+        torch.manual_seed(config.seed)
+        if config.init:
+            init = load_checkpoint(config.init, kind="transfer")
+            meta = init["model_meta"]
+            if meta["image_channels"] != channels or meta["out_channels"] != out_channels:
+                raise ConfigError(
+                    f"{config.init}: transferred for {meta['image_channels']} channel(s) and "
+                    f"{meta['out_channels']} output(s); this data set needs {channels} and {out_channels}")
+            self.model = model_from_meta(meta)
+            load_model_state(self.model, init["model"], config.init)
+        else:
+            meta = model_meta(config.model, channels, out_channels, config.backbone, config.preset)
+            self.model = build_model(config.model, channels, out_channels, config.backbone, config.preset,
+                                     pretrained=config.pretrained)
+        self.meta = meta
+        self.model.to(self.dist.device)
+        self.stages = ([Stage("decoder", config.stage1_epochs, True)] if config.stage1_epochs else []) + (
+            [Stage("joint", config.epochs, False)] if config.epochs else [])
+        self.loss = LossSchedule("ce" if task == "seg" else "l2", gamma=config.focal_gamma, d_max=config.focal_d_max,
+                                 patience=config.switch_patience, threshold=config.switch_threshold,
+                                 switch_epoch=config.switch_epoch, focal=config.focal)
+        self.amp_dtype, self.scaler = self._amp()
+        self.best_metric = -math.inf
+        self.epoch = 0  # next epoch to run
+        self.history: list[dict[str, Any]] = []
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _amp(self) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+        mode = self.config.amp
+        if self.dist.device.type != "cuda" or mode == "none":
+            return None, None
+        if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
+            return torch.bfloat16, None
+        return torch.float16, torch.amp.GradScaler("cuda")
+
+    def _loader(self, cases: list[CaseFiles], samples: int, seed: int, rank: int, augment: bool,
+                positive_ratio: float) -> PatchDataset:
+        return PatchDataset(cases, CaseLoader(self.info, self.preprocessing, self.config.seed),
+                            self.config.patch, samples, seed=seed, rank=rank, positive_ratio=positive_ratio,
+                            mode=f"{self.config.spatial_dims}d", augment=augment)
+
+    def _stage_at(self, epoch: int) -> tuple[int, Stage]:
+        start = 0
+        for i, stage in enumerate(self.stages):
+            if epoch < start + stage.epochs:
+                return i, stage
+            start += stage.epochs
+        return len(self.stages) - 1, self.stages[-1]
+
+    def _set_trainable(self, stage: Stage) -> list[nn.Parameter]:
+        model = self.model
+        if stage.encoder_frozen:
+            model.encoder.requires_grad_(False)
+            params = model.decoder_parameters()
+        else:
+            for name, p in model.named_parameters():
+                p.requires_grad_(not name.startswith("unused_conv"))
+            params = [p for p in model.parameters() if p.requires_grad]
+        return params
+
+    def _train_mode(self, stage: Stage) -> None:
+        self.model.train()
+        if stage.encoder_frozen:
+            self.model.encoder.eval()  # locked: batch-norm statistics stay the transferred ones
+
+    # -- the run --------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        config, d = self.config, self.dist
+        if d.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(self._run_record(), indent=2))
+        samples = config.iters_per_epoch * config.batch_size
+        train_set = self._loader(self.train_cases, samples, config.seed, d.rank, config.augment,
+                                 config.positive_ratio)
+        val_batches = self._validation_batches() if d.main and self.val_cases else []
+        optimizer, stage_index, model = None, -1, self.model
+        if self._resume_from is not None:
+            self._restore(self._resume_from)
+        total = sum(s.epochs for s in self.stages)
+        while self.epoch < total:
+            index, stage = self._stage_at(self.epoch)
+            if index != stage_index:
+                params = self._set_trainable(stage)
+                model = self._wrap()
+                optimizer = torch.optim.Adam(params, lr=config.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+                if self._resume_from is not None and self._resume_from["stage"] == index:
+                    optimizer.load_state_dict(self._resume_from["optimizer"])
+                stage_index = index
+            self._resume_from = None
+            start = time.time()
+            train_set.set_epoch(self.epoch)
+            train_loss = self._train_epoch(model, optimizer, train_set, stage)
+            train_loss = d.mean(train_loss)
+            phase = self.loss.phase
+            switched = self.loss.end_epoch(self.epoch, train_loss)
+            record = {"epoch": self.epoch, "stage": stage.name, "loss_phase": phase,
+                      "train_loss": train_loss, "switched_to_focal": switched, "time_s": 0.0}
+            if d.main:
+                metric = self._validate(val_batches)
+                record.update(metric)
+                record["time_s"] = round(time.time() - start, 3)
+                self.history.append(record)
+                improved = metric.get("val_metric", -math.inf) > self.best_metric
+                if improved:
+                    self.best_metric = metric["val_metric"]
+                self.epoch += 1
+                self._write_epoch(record, optimizer, index, best=improved or not val_batches)
+            else:
+                self.epoch += 1
+            d.barrier()
+        return {"epochs": self.epoch, "best_metric": self.best_metric, "history": self.history}
+
+    def _wrap(self) -> nn.Module:
+        if self.dist.world == 1:
+            return self.model
+        ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def _train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, data: PatchDataset,
+                     stage: Stage) -> float:
+        from tqdm import tqdm
+
+        config, device = self.config, self.dist.device
+        self._train_mode(stage)
+        loader = DataLoader(data, batch_size=config.batch_size, num_workers=config.workers, drop_last=True,
+                            pin_memory=device.type == "cuda", persistent_workers=False)
+        total, count = 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {self.epoch} {stage.name} ({self.loss.phase} loss)",
+                   disable=not (self.progress and self.dist.main), leave=False, dynamic_ncols=True)
+        for batch in bar:
+            image = batch["image"].to(device, non_blocking=True)
+            target = batch["target"].to(device, non_blocking=True)
+            autocast = torch.autocast(device.type, self.amp_dtype) if self.amp_dtype else nullcontext()
+            with autocast:
+                output = model(image)
+            loss = self.loss(output.float(), target)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"epoch {self.epoch}: the loss became {loss.item()}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            total += loss.item()
+            count += 1
+            bar.set_postfix(loss=f"{total / count:.4g}")
+        return total / max(count, 1)
+
+    # -- validation -----------------------------------------------------------------------------
+    def _validation_batches(self) -> list[dict[str, torch.Tensor]]:
+        """Fixed held-out patches (same every epoch), half of them positive."""
+        config = self.config
+        data = self._loader(self.val_cases, config.val_patches * len(self.val_cases), config.seed + 1, 0,
+                            augment=False, positive_ratio=0.5)
+        items = [data[i] for i in range(len(data))]
+        return [{k: torch.stack([it[k] for it in items[i:i + config.batch_size]]) for k in items[0]}
+                for i in range(0, len(items), config.batch_size)]
+
+    @torch.no_grad()
+    def _validate(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        if not batches:
+            return {}
+        self.model.eval()
+        device = self.dist.device
+        if self.info.task == "seg":
+            classes = self.info.num_classes
+            inter = torch.zeros(classes, dtype=torch.float64)
+            sizes = torch.zeros(classes, dtype=torch.float64)
+            for batch in batches:
+                pred = self.model(batch["image"].to(device)).argmax(1).cpu()
+                for c in range(1, classes):
+                    p, t = pred == c, batch["target"] == c
+                    inter[c] += (p & t).sum()
+                    sizes[c] += p.sum() + t.sum()
+            dice = [(2 * inter[c] / sizes[c]).item() if sizes[c] > 0 else 1.0 for c in range(1, classes)]
+            return {"val_metric": float(np.mean(dice)), "val_dice": {name: d for name, d in
+                                                                    zip(self._class_names()[1:], dice)}}
+        # Detection: a positive patch is found when the response maximum lies inside a lesion's
+        # Gaussian core (target >= exp(-2), the ellipsoid inscribed in its box at sigma = box / 4).
+        hits = positives = 0
+        for batch in batches:
+            pred = self.model(batch["image"].to(device)).float().cpu().flatten(1)
+            target = batch["target"].flatten(1)
+            for p, t in zip(pred, target):
+                if t.max() >= 0.5:
+                    positives += 1
+                    hits += bool(t[p.argmax()] >= math.exp(-2))
+        sensitivity = hits / positives if positives else 0.0
+        return {"val_metric": sensitivity, "val_sensitivity": sensitivity}
+
+    def _class_names(self) -> list[str]:
+        by_value = {v: k for k, v in self.info.labels.items()}
+        return [by_value.get(i, str(i)) for i in range(self.info.num_classes)]
+
+    # -- files ----------------------------------------------------------------------------------
+    def _run_record(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "model_meta": self.meta,
+                "preprocessing": self.preprocessing.to_dict(), "task": self.info.task,
+                "stages": [s.__dict__ for s in self.stages],
+                "train_cases": [c.name for c in self.train_cases], "val_cases": [c.name for c in self.val_cases],
+                "world_size": self.dist.world, "device": str(self.dist.device)}
+
+    def _write_epoch(self, record: dict, optimizer: torch.optim.Optimizer, stage: int, best: bool) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        payload = {
+            "kind": "train", "model_meta": self.meta, "model": self.model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
+            "epoch": self.epoch, "stage": stage, "loss_schedule": self.loss.state_dict(),
+            "best_metric": self.best_metric, "rng": rng_state(), "config": self.config.to_dict(),
+            "preprocessing": self.preprocessing.to_dict(), "history": self.history,
+        }
+        save_checkpoint(self.out / "checkpoint_latest.pt", payload)
+        if best:
+            save_checkpoint(self.out / "checkpoint_best.pt", payload)
+        from .curves import plot_training_curve
+
+        plot_training_curve(self.history, self.out / "training_curve.png")
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        load_model_state(self.model, saved["model"], self.out / "checkpoint_latest.pt")
+        self.epoch = int(saved["epoch"])
+        self.loss.load_state_dict(saved["loss_schedule"])
+        self.best_metric = float(saved["best_metric"])
+        self.history = list(saved.get("history", []))
+        if self.scaler is not None and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        set_rng_state(saved["rng"])

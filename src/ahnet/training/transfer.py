@@ -1,0 +1,30 @@
+"""From a trained MC-GCN checkpoint to an AH-Net checkpoint ready for ``train3d --init`` (Eq. 1-3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import CheckpointError
+from ..models import AHNet, transfer_2d_to_3d
+from ..models.factory import model_from_meta, model_meta
+from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
+
+
+def transfer_checkpoint(source: str | Path, out: str | Path, preset: str = "paper") -> Path:
+    """Transfer the encoder of the MC-GCN in ``source`` into a new AH-Net (``preset``) saved at ``out``."""
+    saved = load_checkpoint(source, kind="train")
+    meta = saved["model_meta"]
+    if meta["model"] != "mc-gcn":
+        raise CheckpointError(f"{source}: holds a {meta['model']!r}; transfer needs an mc-gcn checkpoint (train2d)")
+    mcgcn = model_from_meta(meta)
+    load_model_state(mcgcn, saved["model"], source)
+    ahnet = transfer_2d_to_3d(mcgcn, AHNet(meta["out_channels"], meta["backbone"], meta["image_channels"], preset))
+    out = Path(out)
+    save_checkpoint(out, {
+        "kind": "transfer",
+        "model_meta": model_meta("ahnet", meta["image_channels"], meta["out_channels"], meta["backbone"], preset),
+        "model": ahnet.state_dict(),
+        "source": str(source),
+        "preprocessing": saved.get("preprocessing"),
+    })
+    return out
