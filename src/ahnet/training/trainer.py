@@ -90,6 +90,12 @@ class _Distributed:
         dist.all_reduce(t)
         return float(t.item()) / self.world
 
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Batch-norm statistics from rank 0 everywhere (DDP syncs them before, not after, a forward)."""
+        if self.world > 1:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, 0)
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
@@ -211,6 +217,7 @@ class Trainer:
             train_set.set_epoch(self.epoch)
             train_loss = self._train_epoch(model, optimizer, train_set, stage)
             train_loss = d.mean(train_loss)
+            d.sync_buffers(self.model)
             phase = self.loss.phase
             switched = self.loss.end_epoch(self.epoch, train_loss)
             record = {"epoch": self.epoch, "stage": stage.name, "loss_phase": phase,

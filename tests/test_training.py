@@ -1,0 +1,199 @@
+"""Training (§3.4, §4): end to end through the CLI, two stages, focal switch, exact resume, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ahnet import CheckpointError, ConfigError
+from ahnet.cli import main
+from ahnet.training import TrainConfig, Trainer, load_checkpoint, save_checkpoint
+from ahnet.training.trainer import split_cases
+from ahnet.data.dataset import load_dataset
+
+from datasets import write_nifti
+
+SHAPE = (40, 36, 10)
+
+
+def make_learnable_dataset(root: Path, cases: int = 4, detection: bool = False) -> Path:
+    """CT-like cases where the label is visible in the image: a bright organ holding a dark lesion."""
+    rng = np.random.default_rng(1)
+    boxes = {}
+    for i in range(cases):
+        image = rng.normal(0, 15, SHAPE).astype(np.float32)
+        label = np.zeros(SHAPE, np.uint8)
+        x, y = (int(rng.integers(10, s - 10)) for s in SHAPE[:2])
+        z = int(rng.integers(3, SHAPE[2] - 3))
+        label[x - 7:x + 7, y - 7:y + 7, z - 2:z + 3] = 1
+        label[x - 3:x + 3, y - 3:y + 3, z - 1:z + 2] = 2
+        image += np.where(label == 1, 100, 0) + np.where(label == 2, 30, 0)
+        write_nifti(root / "imagesTr" / f"case{i}_0000.nii.gz", image, (0.8, 0.8, 3.0))
+        write_nifti(root / "labelsTr" / f"case{i}.nii.gz", label, (0.8, 0.8, 3.0))
+        boxes[f"case{i}"] = [[x - 3, y - 3, z - 1, x + 2, y + 2, z + 1]] if i % 2 == 0 else []
+    spec = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "lesion": 2},
+            "numTraining": cases, "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(spec))
+    if detection:
+        (root / "boxesTr.json").write_text(json.dumps(boxes))
+    return root
+
+
+@pytest.fixture(scope="module")
+def seg_data(tmp_path_factory):
+    return make_learnable_dataset(tmp_path_factory.mktemp("seg"))
+
+
+@pytest.fixture(scope="module")
+def det_data(tmp_path_factory):
+    return make_learnable_dataset(tmp_path_factory.mktemp("det"), detection=True)
+
+
+def tiny(data, out, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), model="ahnet", backbone="resnet18", patch=(32, 32, 8), batch_size=2,
+                epochs=2, iters_per_epoch=3, workers=0, val_patches=2, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_cli_train2d_transfer_train3d(seg_data, tmp_path):
+    """The paper's pipeline from the command line: MC-GCN, transfer, two-stage AH-Net."""
+    common = ["--data", str(seg_data), "--backbone", "resnet18", "--iters-per-epoch", "3", "--workers", "0",
+              "--device", "cpu", "--val-patches", "2"]
+    assert main(["train2d", *common, "--out", str(tmp_path / "2d"), "--patch", "32x32", "--epochs", "1",
+                 "--batch-size", "4"]) == 0
+    assert main(["transfer", str(tmp_path / "2d" / "checkpoint_latest.pt"), "--out", str(tmp_path / "t.pt")]) == 0
+    assert main(["train3d", *common, "--out", str(tmp_path / "3d"), "--init", str(tmp_path / "t.pt"),
+                 "--patch", "32x32x8", "--epochs", "1", "--stage1-epochs", "1"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "3d" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records] == ["decoder", "joint"]
+    config = json.loads((tmp_path / "3d" / "config.json").read_text())
+    assert config["config"]["lr"] == 1e-3 and config["model_meta"]["model"] == "ahnet"
+    assert sorted(config["train_cases"] + config["val_cases"]) == [f"case{i}" for i in range(4)]
+    assert (tmp_path / "3d" / "training_curve.png").stat().st_size > 1000
+    two_d = json.loads((tmp_path / "2d" / "config.json").read_text())["config"]
+    assert two_d["lr"] == 5e-4 and two_d["model"] == "mc-gcn"
+
+
+def test_transferred_encoder_is_frozen_in_stage_one(seg_data, tmp_path):
+    main(["train2d", "--data", str(seg_data), "--out", str(tmp_path / "2d"), "--backbone", "resnet18",
+          "--patch", "32x32", "--epochs", "1", "--iters-per-epoch", "2", "--workers", "0", "--device", "cpu"])
+    main(["transfer", str(tmp_path / "2d" / "checkpoint_latest.pt"), "--out", str(tmp_path / "t.pt")])
+    init = load_checkpoint(tmp_path / "t.pt", kind="transfer")["model"]
+    Trainer(tiny(seg_data, tmp_path / "3d", init=str(tmp_path / "t.pt"), stage1_epochs=1, epochs=0),
+            progress=False).fit()
+    trained = load_checkpoint(tmp_path / "3d" / "checkpoint_latest.pt")["model"]
+    encoder = [k for k in init if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(init[k], trained[k]) for k in encoder)  # weights and BN statistics
+    decoder = [k for k in init if k.startswith("decoder.") and k.endswith("conv.weight")]
+    assert any(not torch.equal(init[k], trained[k]) for k in decoder)
+
+
+def test_loss_goes_down(seg_data, tmp_path):
+    result = Trainer(tiny(seg_data, tmp_path, epochs=4, iters_per_epoch=4, lr=3e-3, augment=False),
+                     progress=False).fit()
+    losses = [h["train_loss"] for h in result["history"]]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_detection_heatmaps_and_focal_switch(det_data, tmp_path):
+    result = Trainer(tiny(det_data, tmp_path, model="3d-unet", epochs=3, switch_epoch=0), progress=False).fit()
+    history = result["history"]
+    assert [h["loss_phase"] for h in history] == ["base", "focal", "focal"]
+    assert history[0]["switched_to_focal"] and "val_sensitivity" in history[0]
+    saved = load_checkpoint(tmp_path / "checkpoint_latest.pt")
+    assert saved["loss_schedule"]["phase"] == "focal"
+
+
+def test_resume_is_exact(seg_data, tmp_path):
+    """2N epochs in one go == N epochs, stop, resume, N epochs: identical parameters."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        Trainer(tiny(seg_data, tmp_path / "straight", epochs=4), progress=False).fit()
+        Trainer(tiny(seg_data, tmp_path / "resumed", epochs=2), progress=False).fit()
+        # The same command again with --resume and more epochs continues from epoch 2.
+        saved = load_checkpoint(tmp_path / "resumed" / "checkpoint_latest.pt")
+        saved["config"]["epochs"] = 4
+        save_checkpoint(tmp_path / "resumed" / "checkpoint_latest.pt", {k: v for k, v in saved.items() if k != "format"})
+        Trainer(tiny(seg_data, tmp_path / "resumed"), resume=True, progress=False).fit()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint_latest.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint_latest.pt")
+    assert a["epoch"] == b["epoch"] == 4
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+
+
+def test_checkpoints_are_plain_data_and_atomic(seg_data, tmp_path):
+    Trainer(tiny(seg_data, tmp_path, epochs=1), progress=False).fit()
+    payload = torch.load(tmp_path / "checkpoint_latest.pt", weights_only=True)
+    assert {"model", "optimizer", "epoch", "stage", "loss_schedule", "rng", "config", "model_meta"} <= set(payload)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+    (tmp_path / "broken.pt").write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="broken.pt"):
+        load_checkpoint(tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match="expected 'transfer'"):
+        load_checkpoint(tmp_path / "checkpoint_latest.pt", kind="transfer")
+
+
+def test_resume_without_checkpoint_is_a_clear_error(seg_data, tmp_path):
+    assert main(["train3d", "--out", str(tmp_path), "--resume"]) == 2
+
+
+def test_split_is_seeded_and_disjoint(seg_data):
+    cases = load_dataset(seg_data).cases
+    train, val = split_cases(cases, 0.25, seed=3)
+    assert len(val) == 1 and not {c.name for c in train} & {c.name for c in val}
+    assert split_cases(cases, 0.25, seed=3) == (train, val)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"stage1_epochs": 2}, "needs --init"),
+    ({"model": "3d-unet", "init": "x.pt"}, "ahnet only"),
+    ({"patch": (32, 32)}, "three positive sizes"),
+    ({"model": "vnet"}, "unknown model"),
+    ({"epochs": 0}, "at least one epoch"),
+])
+def test_bad_configurations_are_clear_errors(seg_data, tmp_path, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        tiny(seg_data, tmp_path, **kw)
+
+
+def test_patch_larger_than_volume_is_a_clear_error(seg_data, tmp_path):
+    assert main(["train3d", "--data", str(seg_data), "--out", str(tmp_path), "--model", "3d-unet",
+                 "--patch", "32x32x32", "--epochs", "1", "--iters-per-epoch", "1", "--workers", "0"]) == 2
+
+
+DDP_WORKER = r"""
+import sys, torch, torch.distributed as dist
+from ahnet.training import TrainConfig, Trainer
+data, out = sys.argv[1:3]
+trainer = Trainer(TrainConfig(data=data, out=out, model="ahnet", backbone="resnet18", patch=(32, 32, 8),
+                              batch_size=2, epochs=2, iters_per_epoch=2, workers=0, val_patches=1, device="cpu"),
+                  progress=False)
+trainer.fit()
+torch.save(trainer.model.state_dict(), f"{out}/rank{dist.get_rank()}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_two_processes_on_cpu_keep_identical_parameters(seg_data, tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(29500 + os.getpid() % 1000), str(script), str(seg_data),
+                          str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    a = torch.load(tmp_path / "run" / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "run" / "rank1.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["world_size"] == 2
+    # Only rank 0 writes: one metrics line per epoch.
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
