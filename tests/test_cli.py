@@ -34,3 +34,14 @@ def test_console_script_is_installed():
     out = subprocess.run([str(exe), "summary", "--json"], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert json.loads(out.stdout)[-1]["params"] == 27_085_500
+
+
+def test_verify_reports_problems_with_exit_code(tmp_path, capsys):
+    from datasets import make_seg_dataset
+
+    root = make_seg_dataset(tmp_path / "ds", cases=2)
+    assert main(["verify", str(root), "--quiet"]) == 0
+    assert "no problems" in capsys.readouterr().out
+    next((root / "labelsTr").iterdir()).unlink()
+    assert main(["verify", str(root), "--quiet"]) == 1
+    assert "label" in capsys.readouterr().out

@@ -1,9 +1,10 @@
 """Online patch sampling (§4.1-4.2): random patches, a share of them positive, with augmentation.
 
 Patches are drawn inside ``DataLoader`` workers while the network trains (asynchronous sampling).
-Every sample is a pure function of ``(seed, epoch, rank, index)``, so a run resumed from a
-checkpoint sees exactly the patches it would have seen, whatever the number of workers, and DDP
-ranks draw different patches.
+Every sample is a pure function of ``(seed, rank, index)``, and :class:`EpochSampler` hands out the
+indices of epoch ``e`` as ``e * samples ... (e + 1) * samples - 1``. So a run resumed from a
+checkpoint sees exactly the patches it would have seen, whatever the number of workers (which stay
+alive, with their cache of loaded cases, from epoch to epoch), and DDP ranks draw different patches.
 
 * ``mode="3d"``: image ``(C, X, Y, Z)`` and target of the patch (label ``(X, Y, Z)`` int64 or
   heatmap ``(1, X, Y, Z)`` float32).
@@ -22,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from ..errors import ConfigError, DataError
 from .dataset import CaseFiles, DatasetInfo
@@ -197,6 +198,22 @@ class Augment:
         return np.ascontiguousarray(image), np.ascontiguousarray(target)
 
 
+class EpochSampler(Sampler[int]):
+    """Indices ``epoch * samples`` to ``(epoch + 1) * samples - 1``: each epoch new, reproducible patches."""
+
+    def __init__(self, samples: int):
+        self.samples, self.epoch = samples, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(range(self.epoch * self.samples, (self.epoch + 1) * self.samples))
+
+    def __len__(self) -> int:
+        return self.samples
+
+
 class PatchDataset(Dataset):
     """``samples`` random patches per epoch from ``cases``; see the module docstring.
 
@@ -204,7 +221,7 @@ class PatchDataset(Dataset):
         cases: training cases.
         load: turns a :class:`CaseFiles` into a :class:`PreparedCase` (cached per worker).
         patch: patch size ``(X, Y, Z)``; in 2D mode ``Z`` is ignored (three slices are taken).
-        samples: patches per epoch (for this rank).
+        samples: patches per epoch (for this rank); the length of the data set.
         positive_ratio: share of patches centred on foreground (§4.1: 70 %).
         mode: ``"3d"`` or ``"2d"``.
         augment: apply :class:`Augment` (§4.2).
@@ -222,14 +239,11 @@ class PatchDataset(Dataset):
             raise ConfigError(f"positive_ratio must be within [0, 1], got {positive_ratio}")
         self.cases, self.load, self.samples = list(cases), load, samples
         self.patch = (patch[0], patch[1], 3) if mode == "2d" else tuple(patch)
-        self.seed, self.rank, self.epoch = seed, rank, 0
+        self.seed, self.rank = seed, rank
         self.positive_ratio, self.mode = positive_ratio, mode
         self.augment = Augment() if augment else None
         self.cache_size = cache_size
         self._cache: OrderedDict[str, PreparedCase] = OrderedDict()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.samples
@@ -246,7 +260,8 @@ class PatchDataset(Dataset):
         return prepared
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, index])
+        """The patch number ``index`` of this run (any non-negative integer, see EpochSampler)."""
+        rng = np.random.default_rng([self.seed, self.rank, index])
         return self.sample(rng)
 
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:

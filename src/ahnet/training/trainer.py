@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from ..data.dataset import CaseFiles, DatasetInfo, load_dataset
 from ..data.intensity import Intensity
-from ..data.sampling import CaseLoader, PatchDataset, Preprocessing
+from ..data.sampling import CaseLoader, EpochSampler, PatchDataset, Preprocessing
 from ..errors import ConfigError
 from ..losses import LossSchedule
 from ..models.factory import build_model, model_meta, model_from_meta
@@ -198,6 +198,10 @@ class Trainer:
         samples = config.iters_per_epoch * config.batch_size
         train_set = self._loader(self.train_cases, samples, config.seed, d.rank, config.augment,
                                  config.positive_ratio)
+        sampler = EpochSampler(samples)
+        loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                            drop_last=True, pin_memory=d.device.type == "cuda",
+                            persistent_workers=config.workers > 0)
         val_batches = self._validation_batches() if d.main and self.val_cases else []
         optimizer, stage_index, model = None, -1, self.model
         if self._resume_from is not None:
@@ -214,8 +218,8 @@ class Trainer:
                 stage_index = index
             self._resume_from = None
             start = time.time()
-            train_set.set_epoch(self.epoch)
-            train_loss = self._train_epoch(model, optimizer, train_set, stage)
+            sampler.set_epoch(self.epoch)
+            train_loss = self._train_epoch(model, optimizer, loader, stage)
             train_loss = d.mean(train_loss)
             d.sync_buffers(self.model)
             phase = self.loss.phase
@@ -243,14 +247,12 @@ class Trainer:
         ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
-    def _train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, data: PatchDataset,
+    def _train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
                      stage: Stage) -> float:
         from tqdm import tqdm
 
-        config, device = self.config, self.dist.device
+        device = self.dist.device
         self._train_mode(stage)
-        loader = DataLoader(data, batch_size=config.batch_size, num_workers=config.workers, drop_last=True,
-                            pin_memory=device.type == "cuda", persistent_workers=False)
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {self.epoch} {stage.name} ({self.loss.phase} loss)",
                    disable=not (self.progress and self.dist.main), leave=False, dynamic_ncols=True)
