@@ -3,15 +3,23 @@
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def test_python_examples_run():
-    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
-    assert blocks
-    for code in blocks:
-        exec(compile(code, "README.md", "exec"), {})
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_python_examples_run(doc):
+    for code in re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S):
+        exec(compile(code, str(doc.relative_to(ROOT)), "exec"), {})
+
+
+def test_readme_has_python_examples():
+    assert re.findall(r"```python\n(.*?)```", README, flags=re.S)
 
 
 def test_ci_runs_the_readme_test_command():
