@@ -129,6 +129,16 @@ def test_resume_is_exact(seg_data, tmp_path):
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
 
 
+def test_bf16_autocast_trains(seg_data, tmp_path):
+    """The mixed-precision path (bf16 autocast; on CUDA it is --amp auto) runs here on the CPU."""
+    result = Trainer(tiny(seg_data, tmp_path, model="3d-unet", amp="bf16", epochs=2, augment=False, lr=3e-3),
+                     progress=False).fit()
+    losses = [h["train_loss"] for h in result["history"]]
+    assert all(np.isfinite(losses)) and losses[1] < losses[0]
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA"):
+        Trainer(tiny(seg_data, tmp_path / "fp16", amp="fp16"), progress=False)
+
+
 def test_checkpoints_are_plain_data_and_atomic(seg_data, tmp_path):
     Trainer(tiny(seg_data, tmp_path, epochs=1), progress=False).fit()
     payload = torch.load(tmp_path / "checkpoint_latest.pt", weights_only=True)

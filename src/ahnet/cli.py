@@ -51,6 +51,38 @@ def _transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from .inference import predict
+
+    radius = args.nms_radius_mm[0] if len(args.nms_radius_mm) == 1 else tuple(args.nms_radius_mm)
+    result = predict(args.model, args.input, args.output, device=args.device, overlap=args.overlap,
+                     batch_size=args.batch_size, mirror=args.mirror, save_probabilities=args.save_probabilities,
+                     nms_radius_mm=radius, threshold=args.threshold, top_k=args.top_k)
+    extra = f", {result['detections']} detection(s) in detections.csv" if result["task"] == "det" else ""
+    print(f"predicted {result['cases']} case(s) into {result['out']}{extra}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    if args.kind == "seg":
+        from .evaluation.segmentation import LITS_CLASSES, evaluate_segmentation
+
+        classes = LITS_CLASSES
+        if args.classes:
+            classes = json.loads(args.classes)
+            if not isinstance(classes, dict):
+                raise ConfigError('--classes must be a JSON object such as {"liver": [1, 2], "lesion": [2]}')
+        result = evaluate_segmentation(args.pred, args.gt, json_out=args.json, csv_out=args.csv, classes=classes)
+        print(json.dumps({"dice_global": result.dice_global, "dice_per_case": result.dice_per_case}, indent=2))
+    else:
+        from .evaluation.detection import evaluate_detection
+
+        result = evaluate_detection(args.pred, args.boxes, json_out=args.json, png_out=args.png)
+        print(json.dumps({"froc": result["froc"], "lesions": result["lesions"], "volumes": result["volumes"]},
+                         indent=2))
+    return 0
+
+
 def _size(text: str) -> tuple[int, ...]:
     try:
         size = tuple(int(s) for s in text.lower().split("x"))
@@ -143,6 +175,36 @@ def build_parser() -> argparse.ArgumentParser:
     train3d = commands.add_parser("train3d", help="train AH-Net (two stages) or the 3D U-Net on 3D patches")
     _add_train_arguments(train3d, 3)
     train3d.set_defaults(run=_train)
+
+    predict = commands.add_parser("predict", help="predict whole volumes with a trained checkpoint")
+    predict.add_argument("-m", "--model", required=True, help="training checkpoint (checkpoint_best.pt)")
+    predict.add_argument("-i", "--input", required=True, help="a NIfTI file or a folder ({case}_0000.nii.gz)")
+    predict.add_argument("-o", "--output", required=True, help="output folder")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    predict.add_argument("--overlap", type=float, default=0.5, help="overlap of neighbouring windows")
+    predict.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    predict.add_argument("--mirror", action="store_true", help="test-time mirroring in x and y")
+    predict.add_argument("--save-probabilities", action="store_true", help="also write class probabilities")
+    predict.add_argument("--nms-radius-mm", type=float, nargs="+", default=[5.0],
+                         help="detection: NMS neighbourhood radius in mm (one value, or one per file axis)")
+    predict.add_argument("--threshold", type=float, default=0.1, help="detection: minimum score")
+    predict.add_argument("--top-k", type=int, default=50, help="detection: at most this many per case")
+    predict.set_defaults(run=_predict)
+
+    evaluate = commands.add_parser("evaluate", help="Dice (seg) or FROC (det) of predictions")
+    kinds = evaluate.add_subparsers(dest="kind", required=True, metavar="seg|det")
+    seg = kinds.add_parser("seg", help="Dice global and per case (LiTS convention by default)")
+    seg.add_argument("--pred", required=True, help="folder of predicted {case}.nii.gz")
+    seg.add_argument("--gt", required=True, help="folder of ground-truth {case}.nii.gz")
+    seg.add_argument("--json", help="write the result here")
+    seg.add_argument("--csv", help="write per-case Dice here")
+    seg.add_argument("--classes", help='JSON {name: [label values]}; default {"liver": [1, 2], "lesion": [2]}')
+    det = kinds.add_parser("det", help="FROC: TPR at 0.01-0.25 (and 1, 2, 4) false positives per volume")
+    det.add_argument("--pred", required=True, help="detections.csv from ahnet predict")
+    det.add_argument("--boxes", required=True, help="boxes JSON (boxesTr.json format)")
+    det.add_argument("--json", help="write the result here")
+    det.add_argument("--png", help="write the FROC curve here")
+    evaluate.set_defaults(run=_evaluate)
     return parser
 
 

@@ -170,15 +170,18 @@ class Augment:
     """§4.2: rotation within +-``max_degrees`` in the xy plane, scaling within +-``max_scale`` on
     every axis and mirroring in xy, identical on image and target (MONAI's ``Affine``)."""
 
-    def __init__(self, max_degrees: float = 20.0, max_scale: float = 0.2):
+    def __init__(self, max_degrees: float = 20.0, max_scale: float = 0.2, scale_z: bool = True):
         self.max_radians = math.radians(max_degrees)
         self.max_scale = max_scale
+        self.scale_z = scale_z  # off for 3-slice stacks: scaling z would blend the three slices
 
     def __call__(self, image: np.ndarray, target: np.ndarray, label: bool, rng: np.random.Generator):
         from monai.transforms import Affine
 
         angle = float(rng.uniform(-self.max_radians, self.max_radians))
-        scale = tuple(float(s) for s in 1 + rng.uniform(-self.max_scale, self.max_scale, size=3))
+        scale = [float(s) for s in 1 + rng.uniform(-self.max_scale, self.max_scale, size=3)]
+        if not self.scale_z:
+            scale[2] = 1.0
         flips = [axis for axis in (0, 1) if rng.random() < 0.5]
         size = image.shape[-3:]
 
@@ -241,7 +244,7 @@ class PatchDataset(Dataset):
         self.patch = (patch[0], patch[1], 3) if mode == "2d" else tuple(patch)
         self.seed, self.rank = seed, rank
         self.positive_ratio, self.mode = positive_ratio, mode
-        self.augment = Augment() if augment else None
+        self.augment = Augment(scale_z=mode == "3d") if augment else None
         self.cache_size = cache_size
         self._cache: OrderedDict[str, PreparedCase] = OrderedDict()
 

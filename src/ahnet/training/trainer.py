@@ -152,9 +152,12 @@ class Trainer:
 
     # -- set-up -------------------------------------------------------------------------------
     def _amp(self) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
-        mode = self.config.amp
-        if self.dist.device.type != "cuda" or mode == "none":
+        """bf16 autocast, or fp16 with a gradient scaler; ``auto`` uses them on CUDA only."""
+        mode, device = self.config.amp, self.dist.device.type
+        if mode == "none" or (mode == "auto" and device != "cuda"):
             return None, None
+        if mode == "fp16" and device != "cuda":
+            raise ConfigError("--amp fp16 needs a CUDA device; use bf16 or none on the CPU")
         if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
             return torch.bfloat16, None
         return torch.float16, torch.amp.GradScaler("cuda")

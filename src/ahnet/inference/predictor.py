@@ -1,0 +1,194 @@
+"""Whole-volume prediction with sliding windows; outputs in the input file's own geometry.
+
+A volume is read and reoriented exactly as in training (thick axis last, same intensity
+normalisation and in-plane resampling, from the checkpoint), predicted window by window with
+Gaussian blending of overlapping windows (MONAI's ``sliding_window_inference``), optionally averaged
+over mirrorings in x and y, brought back to the input's sampling and axis order, and written with
+the input's affine and header. 2D networks (MC-GCN, 2D U-Net) run on every slice's 3-slice stack;
+their windows span the whole depth so that every slice sees its true neighbours.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.sampling import Preprocessing
+from ..data.volume import Volume, load_volume, to_file_orientation
+from ..errors import ConfigError, DataError
+from ..models.factory import model_from_meta
+from ..training.checkpoint import load_checkpoint, load_model_state
+from ..training.trainer import _Distributed
+
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+_ENDINGS = (".nii.gz", ".nii")
+
+
+class SliceStacks(nn.Module):
+    """Run a 2D network on every slice of ``(N, C, X, Y, Z)``, reading slices z-1, z, z+1
+    (zeros beyond the ends, as in training) as ``3C`` channels; returns ``(N, K, X, Y, Z)``."""
+
+    def __init__(self, model: nn.Module, slices_per_batch: int = 16):
+        super().__init__()
+        self.model, self.slices_per_batch = model, slices_per_batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, sx, sy, sz = x.shape
+        padded = F.pad(x, (1, 1))
+        stacks = padded.unfold(4, 3, 1)                       # (N, C, X, Y, Z, 3)
+        stacks = stacks.permute(0, 4, 1, 5, 2, 3).reshape(n * sz, c * 3, sx, sy)
+        out = torch.cat([self.model(chunk) for chunk in stacks.split(self.slices_per_batch)])
+        return out.reshape(n, sz, -1, sx, sy).permute(0, 2, 3, 4, 1)
+
+
+@dataclass
+class Prediction:
+    """A case's network output in the input file's orientation and sampling."""
+
+    case: str
+    output: np.ndarray        # (K, *file_shape): class probabilities (seg) or heatmap (det, K = 1)
+    reference: Volume         # the first input channel, for geometry
+    task: str
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.output.argmax(0).astype(np.uint8 if self.output.shape[0] < 256 else np.uint16)
+
+
+def find_cases(path: str | Path) -> dict[str, list[Path]]:
+    """Cases of a file or a folder: ``{case}_{XXXX}.nii.gz`` files grouped by case (nnU-Net
+    ``imagesTs`` style), or one case per file without a channel suffix."""
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(_ENDINGS))
+        if not files:
+            raise DataError(f"{path}: no .nii.gz or .nii files to predict")
+    else:
+        raise DataError(f"{path}: no such file or folder")
+    cases: dict[str, list[tuple[int, Path]]] = {}
+    for f in files:
+        stem = f.name[: -len(next(e for e in _ENDINGS if f.name.endswith(e)))]
+        match = _CHANNEL_SUFFIX.match(stem)
+        case, channel = (match["case"], int(match["channel"])) if match else (stem, 0)
+        cases.setdefault(case, []).append((channel, f))
+    out = {}
+    for case, chans in cases.items():
+        chans.sort()
+        if [c for c, _ in chans] != list(range(len(chans))):
+            raise DataError(f"case {case}: channel files {[f.name for _, f in chans]} are not _0000, _0001, ...")
+        out[case] = [f for _, f in chans]
+    return out
+
+
+class Predictor:
+    """Load a training checkpoint and predict whole volumes.
+
+    Args:
+        checkpoint: a ``checkpoint_best.pt`` / ``checkpoint_latest.pt`` from training.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        overlap: fraction of overlap between neighbouring windows (nnU-Net uses 0.5).
+        batch_size: windows per forward pass.
+        mirror: average over mirroring in x, y and both (test-time augmentation).
+        window: window size ``(X, Y, Z)``; default the training patch (3D) or ``(X, Y)`` of it (2D).
+    """
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto", overlap: float = 0.5, batch_size: int = 4,
+                 mirror: bool = False, window: Sequence[int] | None = None, amp: bool = True):
+        if not 0 <= overlap < 1:
+            raise ConfigError(f"overlap must be within [0, 1), got {overlap}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        saved = load_checkpoint(checkpoint, kind="train")
+        self.meta = saved["model_meta"]
+        self.preprocessing = Preprocessing.from_dict(saved["preprocessing"])
+        self.device = _Distributed(device).device
+        model = model_from_meta(self.meta)
+        load_model_state(model, saved["model"], checkpoint)
+        self.model = model.to(self.device).eval()
+        self.window = tuple(window or saved["config"]["patch"])
+        self.overlap, self.batch_size, self.mirror = overlap, batch_size, mirror
+        self.amp = amp and self.device.type == "cuda"
+        self.task = self.preprocessing.task
+
+    @torch.inference_mode()
+    def predict_array(self, image: np.ndarray) -> np.ndarray:
+        """Network output ``(K, X, Y, Z)`` for a preprocessed image ``(C, X, Y, Z)``."""
+        from monai.inferers import sliding_window_inference
+
+        x = torch.from_numpy(np.ascontiguousarray(image))[None].to(self.device)
+        if self.meta["spatial_dims"] == 2:
+            network: nn.Module = SliceStacks(self.model, self.batch_size * 4)
+            roi = (self.window[0], self.window[1], image.shape[3])
+        else:
+            network, roi = self.model, self.window
+        flips = [(), (2,), (3,), (2, 3)] if self.mirror else [()]
+        total = None
+        for dims in flips:
+            inp = x.flip(dims) if dims else x
+            with torch.autocast("cuda", torch.bfloat16) if self.amp else nullcontext():
+                out = sliding_window_inference(inp, roi, self.batch_size, network, overlap=self.overlap,
+                                               mode="gaussian", sigma_scale=0.125, progress=False)
+            out = out.float()
+            if self.task == "seg":
+                out = out.softmax(1)
+            out = out.flip(dims) if dims else out
+            total = out if total is None else total + out
+        return (total / len(flips))[0].cpu().numpy()
+
+    def predict_case(self, case: str, images: Sequence[str | Path]) -> Prediction:
+        volumes = [load_volume(p) for p in images]
+        if len(volumes) != self.meta["image_channels"]:
+            raise DataError(f"case {case}: {len(volumes)} channel file(s), the model was trained on "
+                            f"{self.meta['image_channels']}")
+        ref = volumes[0]
+        for v in volumes[1:]:
+            if v.array.shape != ref.array.shape:
+                raise DataError(f"case {case}: channel {v.path} has shape {v.array.shape}, {ref.path} {ref.array.shape}")
+        image = np.stack([self.preprocessing.intensity(v.array) for v in volumes])
+        target = self.preprocessing.inplane_spacing
+        if target:
+            from ..data.sampling import resample_inplane
+
+            image = resample_inplane(image, ref.spacing, target, label=False)
+        output = self.predict_array(image)
+        if output.shape[1:] != ref.array.shape:  # undo the in-plane resampling
+            t = torch.from_numpy(output)[None]
+            output = F.interpolate(t, size=ref.array.shape, mode="trilinear", align_corners=False)[0].numpy()
+        return Prediction(case, to_file_orientation(output, ref), ref, self.task)
+
+
+def save_nifti_like(array: np.ndarray, reference: Volume, path: str | Path) -> Path:
+    """Write ``array`` (file orientation; a leading channel axis goes last) with the reference file's
+    affine and header, atomically: a crash never leaves a half-written file under the final name."""
+    path = Path(path)
+    ref = nib.load(reference.path)
+    data = np.moveaxis(array, 0, -1) if array.ndim == 4 else array
+    header = ref.header.copy()
+    header.set_data_dtype(data.dtype)
+    img = nib.Nifti1Image(data, ref.affine, header)
+    img.set_qform(ref.affine, int(ref.header["qform_code"]) or 1)
+    img.set_sform(ref.affine, int(ref.header["sform_code"]) or 1)
+    img.header.set_slope_inter(1.0, 0.0)
+    ending = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ending, dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
