@@ -166,3 +166,38 @@ def test_predict_then_evaluate_from_the_cli(seg_run, det_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "seg", "--pred", str(tmp_path / "seg"), "--gt", str(tmp_path / "det")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_reports_are_self_contained_pages(seg_run, det_run, tmp_path):
+    data, checkpoint = seg_run
+    predict(checkpoint, data / "imagesTr", tmp_path / "seg", device="cpu", progress=False)
+    assert main(["report", "seg", "--images", str(data / "imagesTr"), "--pred", str(tmp_path / "seg"),
+                 "--gt", str(data / "labelsTr"), "--out", str(tmp_path / "seg.html")]) == 0
+    page = (tmp_path / "seg.html").read_text()
+    assert "Dice global" in page and page.count("data:image/png;base64,") == 4 and "case3" in page
+
+    data, checkpoint = det_run
+    predict(checkpoint, data / "imagesTr", tmp_path / "det", device="cpu", progress=False, threshold=-1e9)
+    assert main(["report", "det", "--pred", str(tmp_path / "det"), "--boxes", str(data / "boxesTr.json"),
+                 "--out", str(tmp_path / "det.html")]) == 0
+    page = (tmp_path / "det.html").read_text()
+    assert "FROC" in page and page.count("data:image/png;base64,") == 5  # the curve + 4 cases
+    _render_in_chromium(tmp_path / "det.html", tmp_path / "det.png")
+
+
+def _render_in_chromium(page: Path, png: Path) -> None:
+    """Where Debian's Chromium is installed, the page must render to a non-blank screenshot."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run",
+                    f"--user-data-dir={png.parent / 'chromium-profile'}", f"--screenshot={png}",
+                    "--window-size=1200,1600", page.as_uri()], check=True, capture_output=True, timeout=120)
+    from matplotlib.image import imread
+
+    pixels = imread(png)
+    assert pixels.shape[0] == 1600 and pixels[..., :3].std() > 0.05  # text and pictures, not a blank page

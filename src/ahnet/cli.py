@@ -83,6 +83,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .report import detection_report, segmentation_report
+
+    if args.kind == "seg":
+        classes = json.loads(args.classes) if args.classes else None
+        out = segmentation_report(args.images, args.pred, args.gt, args.out, classes=classes, max_cases=args.max_cases)
+    else:
+        out = detection_report(args.pred, args.boxes, args.out, max_cases=args.max_cases)
+    print(f"report written to {out}")
+    return 0
+
+
 def _size(text: str) -> tuple[int, ...]:
     try:
         size = tuple(int(s) for s in text.lower().split("x"))
@@ -205,6 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--json", help="write the result here")
     det.add_argument("--png", help="write the FROC curve here")
     evaluate.set_defaults(run=_evaluate)
+
+    report = commands.add_parser("report", help="one self-contained HTML page: metrics and pictures")
+    report_kinds = report.add_subparsers(dest="kind", required=True, metavar="seg|det")
+    seg_report = report_kinds.add_parser("seg", help="Dice tables and 3-view overlays per case")
+    seg_report.add_argument("--images", required=True, help="the images that were predicted")
+    seg_report.add_argument("--pred", required=True, help="folder of predicted {case}.nii.gz")
+    seg_report.add_argument("--gt", required=True, help="folder of ground-truth {case}.nii.gz")
+    seg_report.add_argument("--classes", help='JSON {name: [label values]}; default LiTS liver/lesion')
+    det_report = report_kinds.add_parser("det", help="FROC table and curve, heatmap MIPs per case")
+    det_report.add_argument("--pred", required=True, help="ahnet predict output folder (detections.csv, heatmaps)")
+    det_report.add_argument("--boxes", required=True, help="boxes JSON (boxesTr.json format)")
+    for sub in (seg_report, det_report):
+        sub.add_argument("--out", required=True, help="the HTML file to write")
+        sub.add_argument("--max-cases", type=int, default=12, help="cases with pictures")
+    report.set_defaults(run=_report)
     return parser
 
 
