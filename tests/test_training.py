@@ -131,7 +131,8 @@ def test_resume_is_exact(seg_data, tmp_path):
 
 def test_bf16_autocast_trains(seg_data, tmp_path):
     """The mixed-precision path (bf16 autocast; on CUDA it is --amp auto) runs here on the CPU."""
-    result = Trainer(tiny(seg_data, tmp_path, model="3d-unet", amp="bf16", epochs=2, augment=False, lr=3e-3),
+    result = Trainer(tiny(seg_data, tmp_path, model="mc-gcn", patch=(32, 32, 3), amp="bf16", epochs=2,
+                          augment=False, lr=3e-3),
                      progress=False).fit()
     losses = [h["train_loss"] for h in result["history"]]
     assert all(np.isfinite(losses)) and losses[1] < losses[0]
