@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: set up, then show the paper's networks (Table 2).
+# The main job on a fresh machine: set up, then run the demo on built-in synthetic data (~15-20 min on a CPU).
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-ahnet summary "$@"
+ahnet demo "$@"

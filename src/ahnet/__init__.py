@@ -4,7 +4,8 @@ Tensor convention, used everywhere in ahnet: volumes are ``(N, C, X, Y, Z)`` whe
 fine in-plane axes and Z is the thick-slice (between-slice) axis; 2D slices are ``(N, C, X, Y)``.
 """
 
-from .errors import AhnetError, CheckpointError, ConfigError, DataError, InputShapeError, TransferError
+from .errors import (AhnetError, CheckpointError, ConfigError, DataError, InputShapeError, OutputError,
+                     ResourceError, TransferError)
 
 __version__ = "0.1.0"
 
@@ -14,6 +15,8 @@ __all__ = [
     "ConfigError",
     "DataError",
     "InputShapeError",
+    "OutputError",
+    "ResourceError",
     "TransferError",
     "__version__",
 ]

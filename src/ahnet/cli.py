@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .errors import AhnetError, ConfigError
 
@@ -13,6 +14,19 @@ def _summary(args: argparse.Namespace) -> int:
     from .summary import summary_json, summary_text
 
     print(json.dumps(summary_json(), indent=2) if args.json else summary_text())
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import ROWS, format_table, parse_size, run_bench
+
+    rows = tuple(args.models.split(",")) if args.models else tuple(ROWS)
+    result = run_bench(args.device, parse_size(args.size), args.repeats, rows, args.train_steps,
+                       progress=not args.quiet)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nJSON written to {args.json}")
     return 0
 
 
@@ -36,8 +50,21 @@ def _train(args: argparse.Namespace) -> int:
         fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
         if args.command == "train3d" and args.stage1_epochs is None:
             fields["stage1_epochs"] = args.epochs if args.init else 0
+        if args.command == "train3d" and args.init:  # the transferred network decides what is not given
+            from .training import load_checkpoint
+
+            meta = load_checkpoint(args.init, kind="transfer")["model_meta"]
+            for key in ("backbone", "preset"):
+                fields.setdefault(key, meta[key])
         config = TrainConfig(**fields)
     result = Trainer(config, resume=args.resume).fit()
+    if result.get("interrupted"):
+        import signal
+
+        print(f"ahnet {args.command}: interrupted by {result['interrupted']} in epoch {result['epochs']}; "
+              f"checkpoint saved to {Path(args.out) / 'checkpoint_latest.pt'}; continue with --resume",
+              file=sys.stderr)
+        return 128 + int(signal.Signals[result["interrupted"]])
     print(f"trained {result['epochs']} epoch(s); best validation {result['best_metric']:.4f}; "
           f"checkpoints in {args.out}")
     return 0
@@ -57,9 +84,12 @@ def _predict(args: argparse.Namespace) -> int:
     radius = args.nms_radius_mm[0] if len(args.nms_radius_mm) == 1 else tuple(args.nms_radius_mm)
     result = predict(args.model, args.input, args.output, device=args.device, overlap=args.overlap,
                      batch_size=args.batch_size, mirror=args.mirror, save_probabilities=args.save_probabilities,
-                     nms_radius_mm=radius, threshold=args.threshold, top_k=args.top_k)
+                     nms_radius_mm=radius, threshold=args.threshold, top_k=args.top_k, overwrite=args.overwrite,
+                     max_memory=None if args.max_memory is None else args.max_memory * 2**30)
     extra = f", {result['detections']} detection(s) in detections.csv" if result["task"] == "det" else ""
-    print(f"predicted {result['cases']} case(s) into {result['out']}{extra}")
+    skipped = (f" ({result['skipped']} already predicted, kept; --overwrite redoes them)"
+               if result.get("skipped") else "")
+    print(f"predicted {result['cases']} case(s) into {result['out']}{skipped}{extra}")
     return 0
 
 
@@ -69,9 +99,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         classes = LITS_CLASSES
         if args.classes:
-            classes = json.loads(args.classes)
-            if not isinstance(classes, dict):
-                raise ConfigError('--classes must be a JSON object such as {"liver": [1, 2], "lesion": [2]}')
+            classes = _classes(args.classes)
         result = evaluate_segmentation(args.pred, args.gt, json_out=args.json, csv_out=args.csv, classes=classes)
         print(json.dumps({"dice_global": result.dice_global, "dice_per_case": result.dice_per_case}, indent=2))
     else:
@@ -83,15 +111,83 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _classes(text: str) -> dict:
+    """--classes: JSON only (never evaluated as code)."""
+    try:
+        classes = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise ConfigError(f"--classes is not valid JSON ({str(err)[:100]}); give an object such as "
+                          '{"liver": [1, 2], "lesion": [2]}') from None
+    if not isinstance(classes, dict):
+        raise ConfigError('--classes must be a JSON object such as {"liver": [1, 2], "lesion": [2]}')
+    return classes
+
+
 def _report(args: argparse.Namespace) -> int:
     from .report import detection_report, segmentation_report
 
     if args.kind == "seg":
-        classes = json.loads(args.classes) if args.classes else None
+        classes = _classes(args.classes) if args.classes else None
         out = segmentation_report(args.images, args.pred, args.gt, args.out, classes=classes, max_cases=args.max_cases)
     else:
         out = detection_report(args.pred, args.boxes, args.out, max_cases=args.max_cases)
     print(f"report written to {out}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from . import synth
+
+    make = synth.make_seg_dataset if args.kind == "seg" else synth.make_det_dataset
+    kwargs = {"shape": args.shape} if args.shape else {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. faint_fraction=0.5 or lesion_mm=5,20), got {item!r}")
+        try:
+            kwargs[key] = [float(v) for v in value.split(",")] if "," in value else float(value)
+        except ValueError:
+            raise ConfigError(f"--set {key}: {value!r} is not a number or a LOW,HIGH pair") from None
+    out = make(args.out, cases=args.cases, seed=args.seed, progress=True, overwrite=args.overwrite, **kwargs)
+    print(f"{args.cases} synthetic {args.kind} case(s) written to {out}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(args.out, task=args.task, scale=args.scale, device=args.device, seed=args.seed,
+                       workers=args.workers)
+    print(f"\nahnet demo finished in {summary['seconds'] / 60:.1f} min")
+    for name, result in summary["tasks"].items():
+        print(f"\n[{name}] report: {result['report']}")
+        for label, values in result["headline"].items():
+            print(f"  {label:<24} " + ", ".join(f"{k}: {v:.3f}" for k, v in values.items()))
+    print(f"\nsummary: {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .data.importer import add_case
+
+    labels = [name.strip() for name in args.labels.split(",")] if args.labels else None
+    case = add_case(args.dataset, args.image, args.label, case=args.case, labels=labels, modality=args.modality,
+                    overwrite=args.overwrite)
+    print(f"case {case!r} added to {args.dataset}")
+    return 0
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from .experiments import run_experiment
+
+    summary = run_experiment(args.name, args.out, data=args.data, test=args.test, task=args.task, scale=args.scale,
+                             device=args.device, seed=args.seed, workers=args.workers)
+    print(f"\n{summary['title']} ({summary['task']}, scale {summary['scale']}, "
+          f"{summary['seconds'] / 60:.1f} min)")
+    print("  ".join(f"{h:>10}" if i else f"{h:<28}" for i, h in enumerate(summary["header"])))
+    for row in summary["rows"]:
+        print("  ".join(f"{v:>10.3f}" if i else f"{v:<28}" for i, v in enumerate(row)))
+    print(f"\n{Path(args.out) / 'results.md'}, {summary['plot']}")
     return 0
 
 
@@ -120,8 +216,10 @@ def _add_train_arguments(p: argparse.ArgumentParser, dims: int) -> None:
     p.add_argument("--data", help="data set folder (nnU-Net v2 raw format, + boxesTr.json for detection)")
     p.add_argument("--out", required=True, help="run folder: config.json, checkpoints, metrics, curve")
     p.add_argument("--model", choices=models, default=models[0])
-    p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50"), default="resnet50")
-    p.add_argument("--preset", choices=("paper", "released"), default="paper")
+    p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50"),
+                   help="ResNet encoder (default resnet50, or that of the --init checkpoint)")
+    p.add_argument("--preset", choices=("paper", "released"),
+                   help="network preset (default paper, or that of the --init checkpoint)")
     p.add_argument("--patch", type=_size, default=(128, 128, 3) if dims == 2 else (96, 96, 32),
                    help="patch size XxY (2D) or XxYxZ (3D); paper: 512x512, 256x256x32 DBT, 192x192x64 CT")
     p.add_argument("--batch-size", type=int, default=8 if dims == 2 else 2)
@@ -169,6 +267,63 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     summary.set_defaults(run=_summary)
 
+    bench = commands.add_parser("bench", help="Table 3: forward time, FLOP/s and peak memory of every network")
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (bf16 autocast on CUDA)")
+    bench.add_argument("--size", default="384x256x64", help="volume XxYxZ (Table 3: 384x256x64)")
+    bench.add_argument("--repeats", type=int, default=3, help="timed forwards per model, after one warm-up")
+    bench.add_argument("--models", help="comma-separated rows of the table to run (default all; a wrong name "
+                       "lists them)")
+    bench.add_argument("--train-steps", type=int, default=0,
+                       help="also time this many AH-Net training steps (192x192x64 patches, batch 2)")
+    bench.add_argument("--json", help="write the results here")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(run=_bench)
+
+    demo = commands.add_parser("demo", help="the whole method on built-in synthetic data (~15-20 min on a CPU)")
+    demo.add_argument("--out", default="ahnet-demo", help="output folder (default ./ahnet-demo)")
+    demo.add_argument("--task", choices=("seg", "det", "both"), default="both")
+    demo.add_argument("--scale", choices=("cpu", "gpu", "tiny"), default="cpu",
+                      help="cpu: ~15-20 min on 2 cores (default); gpu: larger data and networks; tiny: a smoke test")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--workers", type=int, default=2, help="DataLoader workers sampling patches")
+    demo.set_defaults(run=_demo)
+
+    experiment = commands.add_parser("experiment", help="rerun a comparison of the paper (table4, table5, "
+                                     "ablations; Table 3 is `ahnet bench`)")
+    experiment.add_argument("name", choices=("table4", "table5", "ablations"))
+    experiment.add_argument("--out", required=True, help="output folder (rerunning it skips finished networks)")
+    experiment.add_argument("--data", help="training data set (default: built-in phantoms)")
+    experiment.add_argument("--test", help="held-out data set with labels or boxes (with --data)")
+    experiment.add_argument("--task", choices=("seg", "det"), help="phantom task of the ablations (default seg)")
+    experiment.add_argument("--scale", choices=("cpu", "gpu", "tiny"), default="cpu")
+    experiment.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    experiment.add_argument("--seed", type=int, default=0)
+    experiment.add_argument("--workers", type=int, default=2, help="DataLoader workers sampling patches")
+    experiment.set_defaults(run=_experiment)
+
+    synth = commands.add_parser("synth", help="write a synthetic anisotropic data set (CT-like or DBT-like)")
+    synth.add_argument("kind", choices=("seg", "det"), help="seg: CT-like liver/lesion; det: DBT-like boxes")
+    synth.add_argument("--out", required=True, help="data set folder to write")
+    synth.add_argument("--cases", type=int, default=8)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--shape", type=_size, help="array size XxYxZ (Z = slices); default 128x128x32 (seg), "
+                       "128x128x40 (det)")
+    synth.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="a phantom setting, e.g. faint_fraction=0.5 or lesion_mm=5,20 (docs/synthetic.md)")
+    synth.add_argument("--overwrite", action="store_true", help="replace an earlier synthetic data set in --out")
+    synth.set_defaults(run=_synth)
+
+    imp = commands.add_parser("import", help="add a NIfTI image (and label) to a data set as a new case")
+    imp.add_argument("dataset", help="data set folder (created with its dataset.json if absent)")
+    imp.add_argument("--image", required=True, help="3D NIfTI image")
+    imp.add_argument("--label", help="its label map (same grid)")
+    imp.add_argument("--case", help="case name (default: the image's file name)")
+    imp.add_argument("--labels", help="names of the label values 0,1,..., e.g. background,liver,lesion (new data set)")
+    imp.add_argument("--modality", default="CT", help="channel name; CT gets HU windowing (default CT)")
+    imp.add_argument("--overwrite", action="store_true", help="replace a case of the same name")
+    imp.set_defaults(run=_import)
+
     verify = commands.add_parser("verify", help="check a data set's files before training")
     verify.add_argument("dataset", help="data set folder")
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -201,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="detection: NMS neighbourhood radius in mm (one value, or one per file axis)")
     predict.add_argument("--threshold", type=float, default=0.1, help="detection: minimum score")
     predict.add_argument("--top-k", type=int, default=50, help="detection: at most this many per case")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="predict again cases whose outputs exist (default: keep them, e.g. after a crash)")
+    predict.add_argument("--max-memory", type=float, metavar="GB",
+                         help="refuse volumes whose prediction would need more memory (default: what is available)")
     predict.set_defaults(run=_predict)
 
     evaluate = commands.add_parser("evaluate", help="Dice (seg) or FROC (det) of predictions")
@@ -241,6 +400,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except AhnetError as err:
         print(f"ahnet {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the environment (permissions, a full disk, ...), not a bug: no traceback
+        from .fileio import describe_os_error
+
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"ahnet {args.command}: error: {where}{describe_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ahnet {args.command}: interrupted", file=sys.stderr)

@@ -5,7 +5,16 @@ The CLI turns these into one clear message and exit code 2 instead of a tracebac
 
 
 class AhnetError(Exception):
-    """Base class of all errors that are the user's input, not a bug in ahnet."""
+    """Base class of all errors that are the user's input, not a bug in ahnet.
+
+    The message is always one line (line breaks of wrapped library messages are folded), so that
+    the CLI prints exactly one line per error.
+    """
+
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str) and ("\n" in args[0] or "\r" in args[0]):
+            args = (" ".join(args[0].split()),)
+        super().__init__(*args)
 
 
 class ConfigError(AhnetError, ValueError):
@@ -26,3 +35,14 @@ class TransferError(AhnetError, ValueError):
 
 class DataError(AhnetError, ValueError):
     """A data set, volume, label or box file is missing, unreadable or inconsistent."""
+
+
+class ResourceError(AhnetError, MemoryError):
+    """A job would need more memory than is available or allowed; raised before it is tried."""
+
+
+class OutputError(AhnetError, OSError):
+    """An output cannot be written: a folder that cannot be created or written, a full disk, ...
+
+    Whatever was being written is removed, so no half-written file is ever left behind.
+    """

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 import tempfile
 from pathlib import Path
 
@@ -121,12 +120,18 @@ def _page(title: str, sections: list[str]) -> str:
 
 
 def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    from .fileio import atomic_write_text
+
+    return atomic_write_text(path, text)
+
+
+def _case_file(folder: str | Path, case: str) -> Path | None:
+    """``{case}.nii.gz`` or ``{case}.nii`` in ``folder`` (no glob: case names may hold ``*`` or ``[``)."""
+    for ending in (".nii.gz", ".nii"):
+        p = Path(folder) / f"{case}{ending}"
+        if p.is_file():
+            return p
+    return None
 
 
 def _image_files(images: str | Path) -> dict[str, Path]:
@@ -149,9 +154,8 @@ def segmentation_report(images: str | Path, pred: str | Path, gt: str | Path, ou
                 _table([[case, *[scores[n] for n in names]] for case, scores in result.cases.items()], ["case", *names])]
     files = _image_files(images)
     for case in list(result.cases)[:max_cases]:
-        if case in files:
-            gt_file = next(Path(gt).glob(f"{case}.nii*"))
-            pred_file = next(Path(pred).glob(f"{case}.nii*"))
+        gt_file, pred_file = _case_file(gt, case), _case_file(pred, case)
+        if case in files and gt_file and pred_file:
             sections.append(f"<h3>{html.escape(case)}</h3><img alt='{html.escape(case)}' src='"
                             f"{segmentation_views(case, files[case], gt_file, pred_file)}'>")
     return _write(Path(out), _page(title, sections))

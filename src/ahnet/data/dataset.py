@@ -111,6 +111,9 @@ def load_dataset(root) -> DatasetInfo:
     missing = [k for k in ("channel_names", "labels", "numTraining", "file_ending") if k not in meta]
     if missing:
         raise DataError(f"{meta_path}: missing key(s) {', '.join(missing)}")
+    if "dataset" in meta:  # nnU-Net's explicit file lists: paths that could point anywhere
+        raise DataError(f"{meta_path}: the 'dataset' key (explicit file paths) is not supported: ahnet reads "
+                        "only the files inside imagesTr/ and labelsTr/ and never follows paths from dataset.json")
     channel_names = _check_channel_names(meta["channel_names"], meta_path)
     labels = _check_labels(meta["labels"], meta_path)
     file_ending = _check_file_ending(meta["file_ending"], meta_path)
@@ -191,6 +194,10 @@ def _read_json(path: Path, root_res: Path):
         return json.loads(text, object_pairs_hook=_no_duplicate_keys(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+    except (ValueError, RecursionError) as e:  # e.g. an integer with thousands of digits, deep nesting
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def _check_channel_names(value, meta_path: Path) -> dict[str, str]:

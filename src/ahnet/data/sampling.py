@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import ConfigError, DataError
-from .dataset import CaseFiles, DatasetInfo
+from .dataset import AFFINE_TOL, CaseFiles, DatasetInfo
 from .heatmap import gaussian_heatmap
 from .intensity import Intensity
-from .volume import boxes_to_network, load_volume
+from .volume import boxes_to_network, load_volume, read_header
 
 #: Foreground voxels remembered per class and case for positive sampling (as nnU-Net does).
 MAX_FOREGROUND_SAMPLES = 10_000
@@ -94,6 +94,13 @@ def prepare_case(case: CaseFiles, info: DatasetInfo, prep: Preprocessing, seed: 
         target = load_volume(case.label, is_label=True).array
         if target.shape != image.shape[1:]:
             raise DataError(f"case {case.name}: label shape {target.shape} differs from image {image.shape[1:]}")
+        known = sorted(info.labels.values()) if info is not None else None
+        unknown = []
+        if known and target.size and (target.min() < 0 or target.max() >= len(known)):
+            unknown = [int(v) for v in np.unique(target) if not 0 <= v < len(known)]
+        if unknown:
+            raise DataError(f"case {case.name}: {case.label}: label values {unknown[:10]} are not in "
+                            f"dataset.json's labels {known}")
     if prep.inplane_spacing:
         scale = [spacing[i] / prep.inplane_spacing for i in range(2)]
         image = resample_inplane(image, spacing, prep.inplane_spacing, label=False)
@@ -153,6 +160,45 @@ def check_patch_fits(shape: Sequence[int], patch: Sequence[int], case: str, max_
             )
 
 
+def check_cases(cases: Sequence[CaseFiles], patch: Sequence[int], mode: str = "3d",
+                inplane_spacing: float | None = None) -> None:
+    """Check every case from its file headers alone, before training starts (cheap: no voxel data
+    is read): readable 3D NIfTI files with a valid voxel size, channels and label on one grid (same
+    shape, affine and voxel size), boxes inside the volume, and a volume that fits the patch.
+    Raises :class:`DataError` naming the case, the file and the rule broken."""
+    patch = (patch[0], patch[1], 3) if mode == "2d" else tuple(patch)
+    for case in cases:
+        heads = [read_header(p) for p in case.images]
+        ref = heads[0]
+        others = [(f"channel {ch:04d}", h) for ch, h in enumerate(heads[1:], start=1)]
+        if case.label is not None:
+            others.append(("label", read_header(case.label)))
+        for what, h in others:
+            where = f"case {case.name}: {what} {h.path}"
+            if h.file_shape != ref.file_shape:
+                raise DataError(f"{where}: shape {h.file_shape} differs from the image {ref.path} shape "
+                                f"{ref.file_shape}")
+            if not np.allclose(h.affine, ref.affine, rtol=0, atol=AFFINE_TOL):
+                diff = float(np.abs(h.affine - ref.affine).max())
+                raise DataError(f"{where}: affine differs from the image {ref.path} affine (max difference "
+                                f"{diff:.3g}, tolerance {AFFINE_TOL}): the two are not on the same grid")
+            if not np.allclose(h.spacing, ref.spacing, rtol=1e-4, atol=0):
+                raise DataError(f"{where}: voxel size {h.spacing} differs from the image's {ref.spacing}")
+        for k, box in enumerate(case.boxes or []):
+            if any(box[3 + i] >= ref.file_shape[i] for i in range(3)):
+                raise DataError(f"case {case.name}: box {k} {list(box)} lies outside the volume {ref.path} "
+                                f"(file shape {ref.file_shape}, box indices are inclusive)")
+        shape = list(ref.shape)
+        if inplane_spacing:
+            sp = ref.network_spacing
+            shape[:2] = [max(1, round(shape[i] * sp[i] / inplane_spacing)) for i in range(2)]
+        try:
+            check_patch_fits(shape, patch, case.name)
+        except DataError as e:
+            raise DataError(f"{e} ({ref.path}: volume {tuple(shape)} in network orientation, patch "
+                            f"{tuple(patch)})") from None
+
+
 def crop(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
     """Crop the last three axes at ``start`` (may lie outside the array), zero-padding outside."""
     spatial = array.shape[-3:]
@@ -205,16 +251,19 @@ class EpochSampler(Sampler[int]):
     """Indices ``epoch * samples`` to ``(epoch + 1) * samples - 1``: each epoch new, reproducible patches."""
 
     def __init__(self, samples: int):
-        self.samples, self.epoch = samples, 0
+        self.samples, self.epoch, self.start = samples, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Epoch ``epoch`` from its sample ``start`` on (an epoch resumed in the middle)."""
+        if not 0 <= start <= self.samples:
+            raise ConfigError(f"start must be within [0, {self.samples}], got {start}")
+        self.epoch, self.start = epoch, start
 
     def __iter__(self):
-        return iter(range(self.epoch * self.samples, (self.epoch + 1) * self.samples))
+        return iter(range(self.epoch * self.samples + self.start, (self.epoch + 1) * self.samples))
 
     def __len__(self) -> int:
-        return self.samples
+        return self.samples - self.start
 
 
 class PatchDataset(Dataset):

@@ -13,8 +13,10 @@ escape.
 
 from __future__ import annotations
 
+import gzip
 import math
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +25,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.openers import ImageOpener
 
-from ..errors import DataError
+from ..errors import DataError, ResourceError
 
 #: Relative margin by which the coarsest spacing must exceed the others to count as thicker.
 ISOTROPY_RTOL = 1e-3
@@ -68,13 +70,35 @@ def network_axes(spacing: Sequence[float]) -> tuple[int, int, int]:
     return (a, b, t)
 
 
-def load_volume(path, *, is_label: bool = False) -> Volume:
-    """Read a 3D NIfTI file and return it in network orientation.
+@dataclass
+class Header:
+    """What a NIfTI header says, checked, without the voxel data: see :func:`read_header`."""
 
-    Images come back as float32 and must be finite; labels (``is_label=True``) as int64 and must
-    hold integers only (a float label with integral values is accepted and converted). The spacing
-    is the header's voxel size (``pixdim``), which must be positive and finite.
-    """
+    path: str
+    file_shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]  # file axis order
+    affine: np.ndarray
+    axes: tuple[int, int, int]  # as Volume.axes
+    dtype: np.dtype
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The shape in network orientation (thick axis last)."""
+        return tuple(self.file_shape[a] for a in self.axes)
+
+    @property
+    def network_spacing(self) -> tuple[float, float, float]:
+        return tuple(self.spacing[a] for a in self.axes)
+
+
+def read_header(path) -> Header:
+    """Check a NIfTI file's header - a readable NIfTI, 3D, positive finite voxel size - without
+    reading its voxels (cheap even for huge files); raises :class:`DataError` like :func:`load_volume`."""
+    img, header, _ = _open(path)
+    return header
+
+
+def _open(path):
     p = Path(path)
     name = str(path)
     if not p.exists():
@@ -107,28 +131,51 @@ def load_volume(path, *, is_label: bool = False) -> Volume:
         spacing = _check_spacing(zooms, "voxel size (header pixdim)")
     except DataError as e:
         raise DataError(f"{name}: {e}") from None
+    try:
+        dtype = np.dtype(img.get_data_dtype())
+        affine = np.array(img.affine, dtype=np.float64)
+    except Exception as e:
+        raise DataError(f"{name}: header cannot be read ({type(e).__name__}: {e})") from e
+    if not np.isfinite(affine).all():
+        raise DataError(f"{name}: the affine (qform/sform) holds NaN or Inf values")
+    header = Header(name, shape3, spacing, affine, network_axes(spacing), dtype)
+    return img, header, squeeze
 
+
+def load_volume(path, *, is_label: bool = False) -> Volume:
+    """Read a 3D NIfTI file and return it in network orientation.
+
+    Images come back as float32 and must be finite; labels (``is_label=True``) as int64 and must
+    hold integers only (a float label with integral values is accepted and converted). The spacing
+    is the header's voxel size (``pixdim``), which must be positive and finite.
+    """
+    img, header, squeeze = _open(path)
+    name = header.path
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             raw = np.asanyarray(img.dataobj)
+    except MemoryError:
+        raise ResourceError(f"{name}: not enough memory to read a volume of shape {header.file_shape}") from None
     except Exception as e:
         raise DataError(f"{name}: data cannot be read ({type(e).__name__}: {e}); "
                         "the file may be truncated or corrupt") from e
+    if str(name).endswith(".gz"):
+        _check_gzip_stream(name)
     if squeeze:
-        raw = raw.reshape(shape3)
+        raw = raw.reshape(header.file_shape)
     if raw.dtype.kind not in "biuf":
         raise DataError(f"{name}: unsupported data type {raw.dtype} (need integer or real float voxels)")
 
     array = _as_label(raw, name) if is_label else _as_image(raw, img, name)
 
-    axes = network_axes(spacing)
+    axes = header.axes
     return Volume(
         array=np.ascontiguousarray(array.transpose(axes)),
-        spacing=tuple(spacing[a] for a in axes),
-        affine=np.array(img.affine, dtype=np.float64),
+        spacing=header.network_spacing,
+        affine=header.affine,
         axes=axes,
-        file_shape=shape3,
+        file_shape=header.file_shape,
         path=name,
     )
 
@@ -182,6 +229,18 @@ def _check_spacing(spacing: Sequence[float], what: str) -> tuple[float, float, f
     if not all(math.isfinite(s) and s > 0 for s in sp):
         raise DataError(f"{what} must be positive and finite, got {sp}")
     return sp
+
+
+def _check_gzip_stream(name: str) -> None:
+    """Decompress the whole file to its end, where gzip checks its CRC and length: nibabel reads only
+    the bytes it needs, so damage inside the data would otherwise come back as wrong voxel values."""
+    try:
+        with gzip.open(name, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{name}: data cannot be read ({type(e).__name__}: {e}); "
+                        "the file may be truncated or corrupt") from None
 
 
 def _raw_zooms(img, name: str) -> tuple[float, ...]:

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from ..data.volume import _check_box
-from ..errors import ConfigError, DataError
+from ..errors import AhnetError, ConfigError, DataError
+from ..fileio import output_error
 
 #: FP/volume rates at which the FROC is read: Table 4's columns, then the DBT challenge's 1, 2, 4.
 FROC_RATES = (0.01, 0.05, 0.10, 0.15, 0.20, 0.25, 1.0, 2.0, 4.0)
@@ -420,6 +421,10 @@ def read_boxes_json(path) -> dict[str, list[tuple[int, ...]]]:
         data = json.loads(text, object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+    except (ValueError, RecursionError) as e:  # e.g. an integer with thousands of digits, deep nesting
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: must hold an object {{case: [[x0, y0, z0, x1, y1, z1], ...]}}, "
                         f"got {type(data).__name__}")
@@ -427,6 +432,8 @@ def read_boxes_json(path) -> dict[str, list[tuple[int, ...]]]:
     for case, blist in data.items():
         if not case.strip():
             raise DataError(f"{path}: empty case name")
+        if case in (".", "..") or "/" in case or "\\" in case or "\0" in case:
+            raise DataError(f"{path}: invalid case name {case!r} (a case name is a file name stem, not a path)")
         if not isinstance(blist, list):
             raise DataError(f"{path}: case {case!r}: boxes must be a list of [x0, y0, z0, x1, y1, z1] "
                             f"(an empty list for a negative volume), got {blist!r}")
@@ -516,7 +523,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise ConfigError(f"cannot write {path}: {e}") from e
+        raise output_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -527,8 +534,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise ConfigError(f"cannot write {path}: {e}") from e
+        if isinstance(e, OSError) and not isinstance(e, AhnetError):
+            raise output_error(path, e) from None
         raise
 
 

@@ -38,7 +38,8 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import ConfigError, DataError
+from ..errors import AhnetError, ConfigError, DataError
+from ..fileio import output_error
 
 #: LiTS label convention (§4.2): 0 background, 1 liver, 2 lesion; "liver" is the whole organ.
 LITS_CLASSES: dict[str, tuple[int, ...]] = {"liver": (1, 2), "lesion": (2,)}
@@ -415,7 +416,7 @@ def _write_atomic(path: Path, text: str) -> None:
         mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise ConfigError(f"cannot write {path}: {e}") from e
+        raise output_error(path, e) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
@@ -426,6 +427,6 @@ def _write_atomic(path: Path, text: str) -> None:
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise ConfigError(f"cannot write {path}: {e}") from e
+        if isinstance(e, OSError) and not isinstance(e, AhnetError):
+            raise output_error(path, e) from None
         raise

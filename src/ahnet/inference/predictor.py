@@ -10,9 +10,9 @@ their windows span the whole depth so that every slice sees its true neighbours.
 
 from __future__ import annotations
 
+import math
 import os
 import re
-import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +25,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.sampling import Preprocessing
-from ..data.volume import Volume, load_volume, to_file_orientation
-from ..errors import ConfigError, DataError
-from ..models.factory import model_from_meta
+from ..data.volume import Header, Volume, load_volume, to_file_orientation
+from ..errors import CheckpointError, ConfigError, DataError, ResourceError
+from ..fileio import atomic_write
+from ..models.factory import MODEL_DIMS, model_from_meta
+from ..models.fast import optimize_for_inference
 from ..training.checkpoint import load_checkpoint, load_model_state
 from ..training.trainer import _Distributed
 
@@ -87,6 +89,10 @@ def find_cases(path: str | Path) -> dict[str, list[Path]]:
     out = {}
     for case, chans in cases.items():
         chans.sort()
+        for (c0, f0), (c1, f1) in zip(chans, chans[1:]):
+            if c0 == c1:
+                raise DataError(f"case {case!r}: duplicate case name: {f0.name} and {f1.name} are both its "
+                                f"channel {c0:04d}; keep one of them")
         if [c for c, _ in chans] != list(range(len(chans))):
             raise DataError(f"case {case}: channel files {[f.name for _, f in chans]} are not _0000, _0001, ...")
         out[case] = [f for _, f in chans]
@@ -113,12 +119,17 @@ class Predictor:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         saved = load_checkpoint(checkpoint, kind="train")
         self.meta = saved["model_meta"]
-        self.preprocessing = Preprocessing.from_dict(saved["preprocessing"])
+        try:
+            self.preprocessing = Preprocessing.from_dict(saved["preprocessing"])
+            self.window = tuple(int(w) for w in (window or saved["config"]["patch"]))
+            model = model_from_meta(self.meta)
+        except (KeyError, TypeError, ValueError) as err:  # a ConfigError is a ValueError too
+            raise CheckpointError(f"{checkpoint}: the checkpoint's settings are not usable "
+                                  f"({type(err).__name__}: {err})") from None
         self.device = _Distributed(device).device
-        model = model_from_meta(self.meta)
         load_model_state(model, saved["model"], checkpoint)
-        self.model = model.to(self.device).eval()
-        self.window = tuple(window or saved["config"]["patch"])
+        # The eval-only fast path (same outputs within float rounding; ahnet.models.fast, Table 3).
+        self.model = optimize_for_inference(model.to(self.device).eval())
         self.overlap, self.batch_size, self.mirror = overlap, batch_size, mirror
         self.amp = amp and self.device.type == "cuda"
         self.task = self.preprocessing.task
@@ -129,7 +140,7 @@ class Predictor:
         from monai.inferers import sliding_window_inference
 
         x = torch.from_numpy(np.ascontiguousarray(image))[None].to(self.device)
-        if self.meta["spatial_dims"] == 2:
+        if MODEL_DIMS[self.meta["model"]] == 2:
             network: nn.Module = SliceStacks(self.model, self.batch_size * 4)
             roi = (self.window[0], self.window[1], image.shape[3])
         else:
@@ -147,6 +158,32 @@ class Predictor:
             out = out.flip(dims) if dims else out
             total = out if total is None else total + out
         return (total / len(flips))[0].cpu().numpy()
+
+    def memory_needed(self, headers: Sequence[Header]) -> int:
+        """Bytes of host memory predicting a volume with these channel headers takes, roughly:
+        the images, the window aggregation buffers (MONAI), the probabilities and their copies."""
+        shape = headers[0].shape
+        voxels = math.prod(shape)
+        target = self.preprocessing.inplane_spacing
+        if target:
+            sp = headers[0].network_spacing
+            resampled = [max(1, round(shape[i] * sp[i] / target)) for i in range(2)]
+            voxels = max(voxels, resampled[0] * resampled[1] * shape[2])
+        c, k = len(headers), int(self.meta["out_channels"])
+        return voxels * (4 * (3 * c + 6 * k + 1) + 8)
+
+    def check_memory(self, case: str, headers: Sequence[Header], limit: int | None, source: str = "") -> None:
+        """Raise :class:`ResourceError` before predicting when the volume would need more than ``limit``."""
+        if limit is None:
+            return
+        need = self.memory_needed(headers)
+        if need > limit:
+            h = headers[0]
+            raise ResourceError(
+                f"{h.path}: case {case!r}: a volume of shape {h.file_shape} ({math.prod(h.file_shape) / 1e6:.0f} M "
+                f"voxels, {self.meta['out_channels']} output channel(s)) needs about {need / 2**30:.2f} GiB of "
+                f"memory to predict, more than the {limit / 2**30:.2f} GiB {source or 'available'}; crop or "
+                "split the volume, or use a machine with more memory")
 
     def predict_case(self, case: str, images: Sequence[str | Path]) -> Prediction:
         volumes = [load_volume(p) for p in images]
@@ -183,12 +220,19 @@ def save_nifti_like(array: np.ndarray, reference: Volume, path: str | Path) -> P
     img.set_sform(ref.affine, int(ref.header["sform_code"]) or 1)
     img.header.set_slope_inter(1.0, 0.0)
     ending = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ending, dir=path.parent)
-    os.close(fd)
+    return atomic_write(path, lambda tmp: nib.save(img, tmp), suffix=ending)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable``), or None when unknown."""
     try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

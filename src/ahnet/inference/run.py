@@ -7,8 +7,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
-from .predictor import Predictor, find_cases, save_nifti_like
+from ..data.volume import read_header
+from ..errors import ConfigError, DataError
+from ..evaluation.detection import Detection
+from ..fileio import ensure_output_dir, remove_stale_temps
+from .predictor import Predictor, available_memory, find_cases, save_nifti_like
 
 
 def file_spacing(volume) -> tuple[float, float, float]:
@@ -22,7 +25,7 @@ def file_spacing(volume) -> tuple[float, float, float]:
 def predict(checkpoint: str | Path, inputs: str | Path, out_dir: str | Path, *, device: str = "auto",
             overlap: float = 0.5, batch_size: int = 4, mirror: bool = False, save_probabilities: bool = False,
             nms_radius_mm: float | Sequence[float] = 5.0, threshold: float = 0.1, top_k: int = 50,
-            progress: bool = True) -> dict:
+            overwrite: bool = False, max_memory: int | None = None, progress: bool = True) -> dict:
     """Predict every case of ``inputs`` into ``out_dir``.
 
     Segmentation: ``{case}.nii.gz`` labels (and ``{case}_probabilities.nii.gz`` with
@@ -30,31 +33,89 @@ def predict(checkpoint: str | Path, inputs: str | Path, out_dir: str | Path, *, 
     local maxima of every heatmap (non-maximum suppression within ``nms_radius_mm``, scores at least
     ``threshold``, at most ``top_k`` per case): voxel indices of the input file's axes 0, 1, 2 and
     world coordinates in mm. Every output has the input's shape, affine and orientation.
+
+    Before any prediction, every input's header is checked and its memory need estimated (a
+    volume needing more than ``max_memory`` bytes, default the memory available, is refused with
+    :class:`~ahnet.errors.ResourceError`), and the output folder must be writable. Outputs are
+    written atomically, so a case whose outputs exist is complete: it is kept, not predicted again
+    (a rerun after a crash finishes the remaining cases), unless ``overwrite``.
     """
     from tqdm import tqdm
 
-    from ..evaluation.detection import Detection, non_max_suppression, radius_from_mm, write_detections_csv
+    from ..evaluation.detection import non_max_suppression, radius_from_mm, write_detections_csv
 
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1, got {top_k}")
-    predictor = Predictor(checkpoint, device=device, overlap=overlap, batch_size=batch_size, mirror=mirror)
+    if max_memory is not None and not max_memory > 0:
+        raise ConfigError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
     cases = find_cases(inputs)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    detections, world = [], []
+    predictor = Predictor(checkpoint, device=device, overlap=overlap, batch_size=batch_size, mirror=mirror)
+    radius_from_mm(nms_radius_mm, (1.0, 1.0, 1.0))  # a bad radius fails now, not after the first case
+
+    # Every header first (no voxel data): a broken or too large volume is reported before any work.
+    limit, source = (max_memory, "allowed (max_memory)") if max_memory is not None else (available_memory(), "")
+    headers = {}
+    for case, files in cases.items():
+        heads = [read_header(f) for f in files]
+        channels = predictor.meta["image_channels"]
+        if len(heads) != channels:
+            raise DataError(f"case {case}: {len(heads)} channel file(s), the model was trained on {channels}")
+        for h in heads[1:]:
+            if h.file_shape != heads[0].file_shape:
+                raise DataError(f"case {case}: channel {h.path} has shape {h.file_shape}, "
+                                f"{heads[0].path} {heads[0].file_shape}")
+        predictor.check_memory(case, heads, limit, source)
+        headers[case] = heads
+
+    out = ensure_output_dir(out_dir)
+    names = {case: _output_names(case, predictor.task, save_probabilities) for case in cases}
+    remove_stale_temps(out, [n for ns in names.values() for n in ns] + ["detections.csv"])
+    detections, world, skipped = [], [], 0
     for case, files in tqdm(cases.items(), desc="predict", unit="case", disable=not progress):
-        result = predictor.predict_case(case, files)
-        if result.task == "seg":
-            save_nifti_like(result.labels, result.reference, out / f"{case}.nii.gz")
-            if save_probabilities:
-                save_nifti_like(result.output.astype(np.float32), result.reference, out / f"{case}_probabilities.nii.gz")
+        done = not overwrite and all((out / n).is_file() for n in names[case])
+        if done:
+            skipped += 1
+        if predictor.task == "seg":
+            if not done:
+                result = predictor.predict_case(case, files)
+                save_nifti_like(result.labels, result.reference, out / f"{case}.nii.gz")
+                if save_probabilities:
+                    save_nifti_like(result.output.astype(np.float32), result.reference,
+                                    out / f"{case}_probabilities.nii.gz")
             continue
-        heatmap = result.output[0].astype(np.float32)
-        save_nifti_like(heatmap, result.reference, out / f"{case}_heatmap.nii.gz")
-        radius = radius_from_mm(nms_radius_mm, file_spacing(result.reference))
+        ref = headers[case][0]
+        if done:
+            heatmap = _read_heatmap(out / names[case][0], ref)
+        else:
+            result = predictor.predict_case(case, files)
+            heatmap = result.output[0].astype(np.float32)
+            save_nifti_like(heatmap, result.reference, out / names[case][0])
+        radius = radius_from_mm(nms_radius_mm, ref.spacing)
         for x, y, z, score in non_max_suppression(heatmap, radius, threshold, top_k):
             detections.append(Detection(case, int(x), int(y), int(z), float(score)))
-            world.append(tuple(float(v) for v in (result.reference.affine @ np.array([x, y, z, 1.0]))[:3]))
+            world.append(tuple(float(v) for v in (ref.affine @ np.array([x, y, z, 1.0]))[:3]))
     if predictor.task == "det":
         write_detections_csv(out / "detections.csv", detections, world)
-    return {"cases": len(cases), "task": predictor.task, "out": str(out), "detections": len(detections)}
+    return {"cases": len(cases), "task": predictor.task, "out": str(out), "detections": len(detections),
+            "skipped": skipped}
+
+
+def _output_names(case: str, task: str, save_probabilities: bool) -> list[str]:
+    if task == "det":
+        return [f"{case}_heatmap.nii.gz"]
+    return [f"{case}.nii.gz"] + ([f"{case}_probabilities.nii.gz"] if save_probabilities else [])
+
+
+def _read_heatmap(path: Path, ref) -> np.ndarray:
+    """A heatmap written by an earlier run, in file orientation, checked against its input."""
+    import nibabel as nib
+
+    try:
+        heatmap = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
+    except Exception as err:
+        raise DataError(f"{path}: an earlier output cannot be read ({type(err).__name__}); delete it or "
+                        "use --overwrite") from None
+    if heatmap.shape != ref.file_shape:
+        raise DataError(f"{path}: an earlier output of shape {heatmap.shape} does not fit its input {ref.path} "
+                        f"{ref.file_shape}; delete it or use --overwrite")
+    return heatmap

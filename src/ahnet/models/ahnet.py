@@ -188,7 +188,25 @@ class Pseudo3DDenseLayer(nn.Module):
         return torch.cat([x, self.mix(h + self.z(h))], dim=1)
 
 
-DENSE_LAYERS: dict[str, type[nn.Module]] = {"anisotropic": AnisotropicDenseLayer, "pseudo3d": Pseudo3DDenseLayer}
+class IsotropicDenseLayer(nn.Module):
+    """Ablation, not in the paper's network: the usual 3D dense layer (1x1x1 - 3x3x3 - 1x1x1) in
+    place of the anisotropic 3x3x1 + 1x1x3 pair, to measure what the decomposition of §3.3 buys."""
+
+    def __init__(self, in_channels: int, growth_rate: int, bottleneck_factor: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            NormReLUConv(in_channels, bottleneck_factor * growth_rate, 1),
+            NormReLUConv(bottleneck_factor * growth_rate, growth_rate, 3),
+            NormReLUConv(growth_rate, growth_rate, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.body(x)], dim=1)
+
+
+DENSE_LAYERS: dict[str, type[nn.Module]] = {
+    "anisotropic": AnisotropicDenseLayer, "pseudo3d": Pseudo3DDenseLayer, "isotropic": IsotropicDenseLayer,
+}
 
 
 class DenseBlock(nn.Sequential):

@@ -7,9 +7,7 @@ a checkpoint holds only tensors and plain Python values.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +15,20 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..fileio import atomic_write
 
 FORMAT = "ahnet-checkpoint"
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Write ``payload`` atomically; a failure (e.g. a full disk) leaves the previous file untouched
+    and no temporary file, and is raised as :class:`~ahnet.errors.OutputError`."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
@@ -44,12 +39,38 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path}: not a readable ahnet checkpoint ({err.__class__.__name__}: {err})") from None
+        why = " ".join(str(err).split())
+        why = why if len(why) <= 200 else why[:200] + " ..."
+        raise CheckpointError(f"{path}: not a readable ahnet checkpoint ({err.__class__.__name__}: {why})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an ahnet checkpoint (a torchvision weight file goes to --pretrained)")
     if kind is not None and payload.get("kind") != kind:
         raise CheckpointError(f"{path}: a {payload.get('kind')!r} checkpoint, expected {kind!r}")
+    missing = [k for k in _REQUIRED.get(payload.get("kind"), ()) if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete {payload.get('kind')!r} checkpoint, missing {', '.join(missing)}")
+    if "model_meta" in payload:
+        _check_meta(payload["model_meta"], path)
     return payload
+
+
+#: What each kind of checkpoint must hold to be used.
+_REQUIRED = {
+    "train": ("model_meta", "model", "config", "preprocessing", "epoch", "stage", "optimizer", "loss_schedule",
+              "best_metric", "rng"),
+    "transfer": ("model_meta", "model"),
+}
+
+
+def _check_meta(meta, path) -> None:
+    from ..models.factory import MODEL_DIMS
+
+    ok = (isinstance(meta, dict) and meta.get("model") in MODEL_DIMS
+          and all(isinstance(meta.get(k), int) and not isinstance(meta.get(k), bool) and meta.get(k) >= 1
+                  for k in ("image_channels", "out_channels"))
+          and isinstance(meta.get("backbone"), str) and isinstance(meta.get("preset"), str))
+    if not ok:
+        raise CheckpointError(f"{path}: the checkpoint's model description is not valid: {meta!r}"[:400])
 
 
 def load_model_state(model: torch.nn.Module, state: dict, path: str | Path) -> None:

@@ -8,6 +8,9 @@ from typing import Any
 from ..errors import ConfigError
 from ..models.factory import MODEL_DIMS
 
+#: total down-sampling of each network's deepest level (per axis; AH-Net's z too: 2 x 2 x 2^3)
+DOWNSAMPLING = {"mc-gcn": 32, "2d-unet": 16, "ahnet": 32, "3d-unet": 16}
+
 
 @dataclass
 class TrainConfig:
@@ -47,6 +50,8 @@ class TrainConfig:
     sigma_scale: float = 0.25
     pretrained: str | None = None
     init: str | None = None
+    #: structure overrides of the preset (``AHNetSpec`` / ``MCGCNSpec`` fields), e.g. for ablations
+    options: dict[str, Any] | None = None
 
     def __post_init__(self):
         self.patch = tuple(int(p) for p in self.patch)
@@ -67,6 +72,11 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be within [0, 1), got {self.val_fraction}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        deepest = [-(-p // DOWNSAMPLING[self.model]) for p in self.patch[: self.spatial_dims]]
+        if self.batch_size == 1 and all(d == 1 for d in deepest):
+            raise ConfigError(
+                f"batch_size 1 with patch {'x'.join(map(str, self.patch))} leaves one voxel per channel at the "
+                f"{self.model}'s deepest level, where batch norm cannot train; use batch_size >= 2 or a larger patch")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise ConfigError(f"amp must be auto, bf16, fp16 or none, got {self.amp!r}")
 

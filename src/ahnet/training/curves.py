@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from ..fileio import atomic_write
 
 
 def plot_training_curve(history: list[dict], path: str | Path) -> None:
@@ -38,12 +38,7 @@ def plot_training_curve(history: list[dict], path: str | Path) -> None:
             ax.text(h["epoch"] + 0.55, ax.get_ylim()[1], " focal loss", va="top", fontsize=8, color="tab:red")
     ax.set_title("ahnet training")
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -30,8 +32,9 @@ from torch.utils.data import DataLoader
 
 from ..data.dataset import CaseFiles, DatasetInfo, load_dataset
 from ..data.intensity import Intensity
-from ..data.sampling import CaseLoader, EpochSampler, PatchDataset, Preprocessing
-from ..errors import ConfigError
+from ..data.sampling import CaseLoader, EpochSampler, PatchDataset, Preprocessing, check_cases
+from ..errors import AhnetError, CheckpointError, ConfigError
+from ..fileio import atomic_write_text, ensure_output_dir, remove_stale_temps
 from ..losses import LossSchedule
 from ..models.factory import build_model, model_meta, model_from_meta
 from .checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
@@ -39,6 +42,57 @@ from .config import TrainConfig
 
 ADAM_BETAS = (0.9, 0.999)  # §4
 ADAM_EPS = 1e-8
+#: Files of a run folder, all written atomically (a kill leaves at most a stale temporary file).
+RUN_FILES = ("checkpoint_latest.pt", "checkpoint_best.pt", "config.json", "metrics.jsonl", "training_curve.png")
+
+
+class _StopSignals:
+    """While active, SIGINT and SIGTERM only set ``signum``: the trainer finishes its current step,
+    saves ``checkpoint_latest.pt`` and returns. A second signal restores the previous handler and
+    is delivered again, so it stops the process at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:  # no printing here: it could re-enter a busy stderr
+        if self.signum is None:
+            self.signum = signum
+            return
+        self.__exit__()
+        signal.raise_signal(signum)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+
+def _worker_init(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT / SIGTERM to the main process, which stops cleanly (a
+    terminal's Ctrl-C reaches the whole process group); they exit when the main process ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _unwrap_worker_error(err: AhnetError) -> AhnetError:
+    """DataLoader re-raises a worker's exception with the worker's traceback in its message; give
+    back the original one-line message instead."""
+    text = str(err)
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return err
+    cls = type(err)
+    marker = f"{cls.__module__}.{cls.__qualname__}: "
+    i = text.rfind(marker)
+    return cls(text[i + len(marker):].strip()) if i >= 0 else err
 
 
 @dataclass(frozen=True)
@@ -118,6 +172,8 @@ class Trainer:
         self.progress = progress
         self.dist = _Distributed(config.device)
         self.info: DatasetInfo = load_dataset(config.data)
+        # Every file header, before anything is built or written: a broken case fails now, not hours in.
+        check_cases(self.info.cases, config.patch, f"{config.spatial_dims}d", config.inplane_spacing)
         self.train_cases, self.val_cases = split_cases(self.info.cases, config.val_fraction, config.seed)
         task = self.info.task
         self.preprocessing = Preprocessing(
@@ -128,6 +184,11 @@ class Trainer:
         if config.init:
             init = load_checkpoint(config.init, kind="transfer")
             meta = init["model_meta"]
+            for key in ("model", "backbone", "preset"):
+                if meta[key] != getattr(config, key):
+                    raise CheckpointError(
+                        f"{config.init}: transferred into a {meta['model']} with {key} {meta[key]!r}, but this "
+                        f"run asks for {key} {getattr(config, key)!r}; use --{key} {meta[key]} or transfer again")
             if meta["image_channels"] != channels or meta["out_channels"] != out_channels:
                 raise ConfigError(
                     f"{config.init}: transferred for {meta['image_channels']} channel(s) and "
@@ -135,10 +196,13 @@ class Trainer:
             self.model = model_from_meta(meta)
             load_model_state(self.model, init["model"], config.init)
         else:
-            meta = model_meta(config.model, channels, out_channels, config.backbone, config.preset)
+            meta = model_meta(config.model, channels, out_channels, config.backbone, config.preset, config.options)
             self.model = build_model(config.model, channels, out_channels, config.backbone, config.preset,
-                                     pretrained=config.pretrained)
+                                     pretrained=config.pretrained, options=config.options)
         self.meta = meta
+        self._created_out = not self.out.exists()
+        if self.dist.main:
+            ensure_output_dir(self.out, "run folder")
         self.model.to(self.dist.device)
         self.stages = ([Stage("decoder", config.stage1_epochs, True)] if config.stage1_epochs else []) + (
             [Stage("joint", config.epochs, False)] if config.epochs else [])
@@ -149,6 +213,7 @@ class Trainer:
         self.best_metric = -math.inf
         self.epoch = 0  # next epoch to run
         self.history: list[dict[str, Any]] = []
+        self._stop: _StopSignals | None = None
 
     # -- set-up -------------------------------------------------------------------------------
     def _amp(self) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
@@ -194,21 +259,60 @@ class Trainer:
 
     # -- the run --------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
+        """Train to the end, or until SIGINT / SIGTERM: then the current step is finished,
+        ``checkpoint_latest.pt`` saved (``--resume`` continues exactly there) and the result's
+        ``interrupted`` names the signal."""
+        resuming = self._resume_from is not None
+        had_checkpoint = (self.out / "checkpoint_latest.pt").exists()
+        try:
+            with _StopSignals() as self._stop:
+                return self._fit()
+        except AhnetError as err:
+            clean = _unwrap_worker_error(err)
+            if self.dist.main and not resuming and not had_checkpoint:
+                self._remove_partial_run()
+            if clean is err:
+                raise
+            raise clean from None
+        finally:
+            self._stop = None
+
+    def _remove_partial_run(self) -> None:
+        """A run that failed before its first checkpoint leaves nothing behind."""
+        if (self.out / "checkpoint_latest.pt").exists():
+            return
+        for name in ("config.json", "metrics.jsonl", "training_curve.png"):
+            (self.out / name).unlink(missing_ok=True)
+        if self._created_out:
+            try:
+                self.out.rmdir()
+            except OSError:
+                pass
+
+    def _fit(self) -> dict[str, Any]:
         config, d = self.config, self.dist
         if d.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(self._run_record(), indent=2))
+            remove_stale_temps(self.out, RUN_FILES)
+            atomic_write_text(self.out / "config.json", json.dumps(self._run_record(), indent=2))
         samples = config.iters_per_epoch * config.batch_size
         train_set = self._loader(self.train_cases, samples, config.seed, d.rank, config.augment,
                                  config.positive_ratio)
         sampler = EpochSampler(samples)
         loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                             drop_last=True, pin_memory=d.device.type == "cuda",
-                            persistent_workers=config.workers > 0)
+                            persistent_workers=config.workers > 0,
+                            worker_init_fn=_worker_init if config.workers > 0 else None)
         val_batches = self._validation_batches() if d.main and self.val_cases else []
         optimizer, stage_index, model = None, -1, self.model
+        start_iter, carried = 0, (0.0, 0)
         if self._resume_from is not None:
             self._restore(self._resume_from)
+            start_iter = int(self._resume_from.get("iteration", 0))
+            carried = tuple(self._resume_from.get("epoch_loss") or (0.0, 0))
+            if d.main and self.history:  # the log may lag behind the checkpoint after a kill
+                self._write_metrics()
+        interrupted = None
         total = sum(s.epochs for s in self.stages)
         while self.epoch < total:
             index, stage = self._stage_at(self.epoch)
@@ -221,9 +325,17 @@ class Trainer:
                 stage_index = index
             self._resume_from = None
             start = time.time()
-            sampler.set_epoch(self.epoch)
-            train_loss = self._train_epoch(model, optimizer, loader, stage)
-            train_loss = d.mean(train_loss)
+            sampler.set_epoch(self.epoch, start=start_iter * config.batch_size)
+            loss_sum, steps, complete = self._train_epoch(model, optimizer, loader, stage, start_iter, *carried)
+            start_iter, carried = 0, (0.0, 0)
+            if not complete:  # stopped by a signal within the epoch: save where it stands
+                interrupted = self._signal_name()
+                if d.main:
+                    save_checkpoint(self.out / "checkpoint_latest.pt",
+                                    self._payload(optimizer, index, iteration=steps, epoch_loss=[loss_sum, steps]))
+                d.barrier()
+                break
+            train_loss = d.mean(loss_sum / max(steps, 1))
             d.sync_buffers(self.model)
             phase = self.loss.phase
             switched = self.loss.end_epoch(self.epoch, train_loss)
@@ -242,7 +354,24 @@ class Trainer:
             else:
                 self.epoch += 1
             d.barrier()
-        return {"epochs": self.epoch, "best_metric": self.best_metric, "history": self.history}
+            if self.epoch < total and self._stop_requested():
+                interrupted = self._signal_name()
+                break
+        return {"epochs": self.epoch, "best_metric": self.best_metric, "history": self.history,
+                "interrupted": interrupted}
+
+    def _stop_requested(self) -> bool:
+        """Whether SIGINT / SIGTERM arrived (on any rank: all ranks stop at the same step)."""
+        flag = self._stop is not None and self._stop.signum is not None
+        if self.dist.world > 1:
+            t = torch.tensor([float(flag)], device=self.dist.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item() > 0)
+        return flag
+
+    def _signal_name(self) -> str:
+        signum = self._stop.signum if self._stop is not None and self._stop.signum else signal.SIGTERM
+        return signal.Signals(signum).name
 
     def _wrap(self) -> nn.Module:
         if self.dist.world == 1:
@@ -251,14 +380,17 @@ class Trainer:
         return nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
     def _train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
-                     stage: Stage) -> float:
+                     stage: Stage, start: int = 0, total: float = 0.0, count: int = 0) -> tuple[float, int, bool]:
+        """Steps ``start`` ... of this epoch; returns the loss sum and the steps done in the epoch
+        (``total`` and ``count`` carry those of an epoch resumed in the middle), and whether the
+        epoch is complete (False when a signal stopped it)."""
         from tqdm import tqdm
 
         device = self.dist.device
         self._train_mode(stage)
-        total, count = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {self.epoch} {stage.name} ({self.loss.phase} loss)",
-                   disable=not (self.progress and self.dist.main), leave=False, dynamic_ncols=True)
+        bar = tqdm(loader, desc=f"epoch {self.epoch} {stage.name} ({self.loss.phase} loss)", initial=start,
+                   total=start + len(loader), disable=not (self.progress and self.dist.main), leave=False,
+                   dynamic_ncols=True)
         for batch in bar:
             image = batch["image"].to(device, non_blocking=True)
             target = batch["target"].to(device, non_blocking=True)
@@ -279,7 +411,10 @@ class Trainer:
             total += loss.item()
             count += 1
             bar.set_postfix(loss=f"{total / count:.4g}")
-        return total / max(count, 1)
+            if self._stop_requested():
+                bar.close()
+                return total, count, False
+        return total, count, True
 
     # -- validation -----------------------------------------------------------------------------
     def _validation_batches(self) -> list[dict[str, torch.Tensor]]:
@@ -335,22 +470,29 @@ class Trainer:
                 "train_cases": [c.name for c in self.train_cases], "val_cases": [c.name for c in self.val_cases],
                 "world_size": self.dist.world, "device": str(self.dist.device)}
 
-    def _write_epoch(self, record: dict, optimizer: torch.optim.Optimizer, stage: int, best: bool) -> None:
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        payload = {
+    def _payload(self, optimizer: torch.optim.Optimizer, stage: int, **extra) -> dict[str, Any]:
+        return {
             "kind": "train", "model_meta": self.meta, "model": self.model.state_dict(),
             "optimizer": optimizer.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
             "epoch": self.epoch, "stage": stage, "loss_schedule": self.loss.state_dict(),
             "best_metric": self.best_metric, "rng": rng_state(), "config": self.config.to_dict(),
-            "preprocessing": self.preprocessing.to_dict(), "history": self.history,
+            "preprocessing": self.preprocessing.to_dict(), "history": self.history, **extra,
         }
+
+    def _write_epoch(self, record: dict, optimizer: torch.optim.Optimizer, stage: int, best: bool) -> None:
+        payload = self._payload(optimizer, stage)
         save_checkpoint(self.out / "checkpoint_latest.pt", payload)
         if best:
             save_checkpoint(self.out / "checkpoint_best.pt", payload)
+        self._write_metrics()
         from .curves import plot_training_curve
 
         plot_training_curve(self.history, self.out / "training_curve.png")
+
+    def _write_metrics(self) -> None:
+        """``metrics.jsonl``, rewritten whole from the history (which the checkpoint holds), so that
+        after a kill and ``--resume`` every epoch is in it exactly once."""
+        atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
 
     def _restore(self, saved: dict[str, Any]) -> None:
         load_model_state(self.model, saved["model"], self.out / "checkpoint_latest.pt")

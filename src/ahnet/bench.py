@@ -1,0 +1,427 @@
+"""``ahnet bench``: Table 3 reproduced on this machine, and each time read against its hardware limit.
+
+Table 3 times one forward of each network on a 384x256x64 volume (GTX 1080Ti). Here every network
+runs on the same volume ``(1, 1, X, Y, Z)``: AH-Net and the 3D U-Net on it directly, MC-GCN and the
+2D U-Net slice-wise on the 3-slice stacks of all Z slices (§3.1; MC-GCN in one batch), each through its
+default inference path (:func:`ahnet.models.fast.optimize_for_inference`). MONAI's ``AHNet``
+(trilinear, 4 pyramid levels; the network of our ``released`` preset, 27,085,500 parameters) is
+timed beside it as a reference, and our released AH-Net without the fast path as well.
+
+Models alternate within each repeat, so a noisy neighbour slows all of them alike; the times are
+the median (min, max) of ``repeats`` forwards after one warm-up. FLOPs are counted per forward
+(``torch.utils.flop_counter``, on the meta device) and set against the practical peak of the same
+device: the best of a few large matrix products in the same dtype, measured in the same run. Peak
+memory comes from a fresh child process per model (its peak RSS on CPU, the CUDA allocator's peak
+on GPU), so one model's memory never hides another's.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import ConfigError
+from .models.padding import crop_spatial, pad_to_multiple
+
+#: Rows of the table (``--json`` keys, in order): the Table 2 network each is, and its Table 3 column.
+#: ``ahnet-released-plain`` is the plain module, without :func:`optimize_for_inference`.
+ROWS: dict[str, tuple[str, str, str]] = {
+    "ahnet-paper": ("ahnet", "paper", "ahnet"),
+    "ahnet-released": ("ahnet", "released", "ahnet"),
+    "ahnet-released-plain": ("ahnet", "released", "ahnet"),
+    "mc-gcn-paper": ("mc-gcn", "paper", "mc-gcn"),
+    "mc-gcn-released": ("mc-gcn", "released", "mc-gcn"),
+    "2d-unet": ("2d-unet", "paper", "2d-unet"),
+    "3d-unet": ("3d-unet", "paper", "3d-unet"),
+    "monai-ahnet": ("monai", "", "ahnet"),
+}
+#: Slices per batch of the slice-wise networks: MC-GCN takes all slices at once; the 2D U-Net keeps
+#: 64 full-resolution maps per slice, so all 64 slices of 384x256 at once would need about 9 GB.
+SLICE_WISE = {"mc-gcn": None, "2d-unet": 8}
+#: The AH-Net every ratio refers to (Table 2's and MONAI's network).
+REFERENCE = "ahnet-released"
+#: Table 3 of the paper: ms per 384x256x64 volume on a GTX 1080Ti.
+TABLE3_MS = {"ahnet": 17.7, "mc-gcn": 775.2, "2d-unet": 699.3, "3d-unet": 2.3}
+PAPER_SIZE = (384, 256, 64)
+#: Training throughput set-up of issue 6: 192x192x64 patches, batch 2 (the CT patches of §4.2).
+TRAIN_PATCH, TRAIN_BATCH = (192, 192, 64), 2
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    """``"384x256x64"`` to ``(384, 256, 64)``; a clear :class:`ConfigError` otherwise."""
+    try:
+        size = tuple(int(s) for s in text.lower().split("x"))
+    except ValueError:
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise ConfigError(f"--size must be XxYxZ with positive integers, such as 384x256x64; got {text!r}")
+    return size  # type: ignore[return-value]
+
+
+def check_device(device: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``, and available."""
+    if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
+        raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available to this torch "
+                          f"({torch.__version__}); use --device cpu")
+    return torch.device(device)
+
+
+def _network(row: str) -> nn.Module:
+    """The plain network of a row, as ``ahnet summary`` (Table 2) builds it."""
+    if row == "monai-ahnet":
+        from monai.networks.nets import AHNet as MonaiAHNet
+
+        return MonaiAHNet(upsample_mode="trilinear", psp_block_num=4)
+    from .summary import TABLE2
+
+    name, preset, _ = ROWS[row]
+    return next(build for n, p, build, *_ in TABLE2 if (n, p) == (name, preset))()
+
+
+class _PadTo(nn.Module):
+    """MONAI's AHNet needs X, Y multiples of 64 (at least 128) and Z of 32: pad, run, crop back."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @staticmethod
+    def padded(size: tuple[int, ...]) -> tuple[int, ...]:
+        return (*(max(128, -(-s // 64) * 64) for s in size[:2]), -(-size[2] // 32) * 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = tuple(x.shape[2:])
+        target = self.padded(size)
+        if target == size:
+            return self.model(x)
+        x = F.pad(x, [0, target[2] - size[2], 0, target[1] - size[1], 0, target[0] - size[0]])
+        return self.model(x)[..., : size[0], : size[1], : size[2]]
+
+
+def _on_volume(row: str, network: nn.Module, slices: int) -> nn.Module:
+    """``network`` taking the ``(1, 1, X, Y, Z)`` volume: slice-wise stacks or padded as needed."""
+    from .inference.predictor import SliceStacks
+
+    if row == "monai-ahnet":
+        return _PadTo(network)
+    name = ROWS[row][0]
+    return SliceStacks(network, SLICE_WISE[name] or slices) if name in SLICE_WISE else network
+
+
+def _runner(row: str, slices: int) -> nn.Module:
+    """A row as it runs: each network's default inference path (the plain module for MONAI and
+    ``ahnet-released-plain``)."""
+    from .models.fast import optimize_for_inference
+
+    network = _network(row).eval()
+    if row != "monai-ahnet" and not row.endswith("-plain"):
+        network = optimize_for_inference(network)
+    return _on_volume(row, network, slices)
+
+
+def count_gflops(row: str, size: tuple[int, int, int]) -> float:
+    """GFLOP (multiply-add = 2) of one forward of ``row`` on a ``(1, 1, *size)`` volume; 2D networks
+    are counted on one slice's stack, times Z."""
+    name, preset, _ = ROWS[row]
+    if name in SLICE_WISE:
+        return _count_gflops(name, preset, (*size[:2], 1)) * size[2]
+    return _count_gflops(name, preset, tuple(size))
+
+
+@functools.lru_cache(maxsize=None)
+def _count_gflops(name: str, preset: str, size: tuple[int, int, int]) -> float:
+    row = next(r for r, spec in ROWS.items() if spec[:2] == (name, preset))
+    with torch.device("meta"):
+        runner = _on_volume(row, _network(row).eval(), size[2])
+        with FlopCounterMode(display=False) as counter:
+            runner(torch.empty(1, 1, *size))
+    return counter.get_total_flops() / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA (tensor cores), none on CPU (no bf16 units on most CPUs)."""
+    return torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def matmul_peak_gflops(device: torch.device, seconds: float = 0.5) -> float:
+    """Practical peak: the best GFLOP/s of square matrix products in the forward's dtype."""
+    n = 8192 if device.type == "cuda" else 2048
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end or best == 0.0:
+        _sync(device)
+        t = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def _time_forward(runner: nn.Module, x: torch.Tensor) -> float:
+    with torch.inference_mode(), _autocast(x.device):
+        _sync(x.device)
+        t = time.perf_counter()
+        runner(x)
+        _sync(x.device)
+    return time.perf_counter() - t
+
+
+def _status_mb(field: str) -> float:
+    """``VmRSS``/``VmHWM`` of this process in MB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def _peak_child(row: str, size: tuple[int, int, int], device: str, threads: int) -> tuple[float, float]:
+    """In a fresh process: (peak, before-forward) memory in MB of one forward of ``row``."""
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    runner = _runner(row, size[2]).to(dev)
+    x = torch.randn(1, 1, *size, device=dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev) / 2**20
+    else:
+        base = _status_mb("VmRSS")
+    _time_forward(runner, x)
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _status_mb("VmHWM")
+    return peak, base
+
+
+def _train_child(device: str, threads: int, steps: int, preset: str) -> dict:
+    """In a fresh process: AH-Net training steps (forward, backward, Adam) on 192x192x64 batches of 2."""
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    from .models import AHNet
+
+    model = AHNet(out_channels=1, preset=preset).to(dev).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(TRAIN_BATCH, 1, *TRAIN_PATCH, device=dev)
+    target = torch.rand(TRAIN_BATCH, 1, *TRAIN_PATCH, device=dev)
+    times = []
+    for _ in range(steps + 1):  # the first is the warm-up
+        _sync(dev)
+        t = time.perf_counter()
+        with _autocast(dev):
+            loss = F.mse_loss(model(x).float(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(dev)
+        times.append(time.perf_counter() - t)
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _status_mb("VmHWM")
+    step = statistics.median(times[1:])
+    return {"model": f"ahnet-{preset}", "patch": list(TRAIN_PATCH), "batch": TRAIN_BATCH, "steps": steps,
+            "median_step_s": step, "min_step_s": min(times[1:]), "max_step_s": max(times[1:]),
+            "patches_per_s": TRAIN_BATCH / step, "peak_mem_mb": peak}
+
+
+_TASKS: dict[str, Callable] = {"peak": _peak_child, "train": _train_child}
+_RESULT = "ahnet-bench-result:"
+
+
+def _serve_children() -> None:
+    """A process that only imported torch and ahnet (and MONAI): for each task read on stdin, one
+    forked child runs it and the result goes to stdout. Forking is safe here because this process
+    never ran an operator (no thread pools, no CUDA context); each child starts from that state."""
+    try:
+        import monai.networks.nets  # noqa: F401  (imported once here, shared by every child alike)
+    except ImportError:
+        pass
+    for line in iter(sys.stdin.readline, ""):
+        kind, args = json.loads(line)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            try:
+                out = {"ok": _TASKS[kind](*args)}
+            except BaseException as err:  # reported to the parent, which raises
+                out = {"error": f"{type(err).__name__}: {err}"}
+            with os.fdopen(write, "w") as f:
+                json.dump(out, f)
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as f:
+            data = f.read()
+        os.waitpid(pid, 0)
+        print(_RESULT + (data or json.dumps({"error": "child process died"})), flush=True)
+
+
+class _Children:
+    """Client of :func:`_serve_children` (one server per bench run)."""
+
+    def __enter__(self) -> "_Children":
+        self.proc = subprocess.Popen([sys.executable, "-c", "from ahnet.bench import _serve_children; _serve_children()"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        return self
+
+    def run(self, kind: str, *args):
+        self.proc.stdin.write(json.dumps([kind, args]) + "\n")
+        self.proc.stdin.flush()
+        for line in iter(self.proc.stdout.readline, ""):
+            if line.startswith(_RESULT):
+                out = json.loads(line[len(_RESULT):])
+                if "error" in out:
+                    raise RuntimeError(f"bench child ({kind} {args}): {out['error']}")
+                return out["ok"]
+        raise RuntimeError("the bench's child-process server exited")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def machine(device: torch.device) -> str:
+    """The CPU model (``/proc/cpuinfo``) and cores, or the GPU's name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def run_bench(device: str = "cpu", size: tuple[int, int, int] = PAPER_SIZE, repeats: int = 3,
+              rows: tuple[str, ...] = tuple(ROWS), train_steps: int = 0, progress: bool = True) -> dict:
+    """Time, FLOPs and peak memory of each row on one ``(1, 1, *size)`` volume; see the module doc.
+
+    ``train_steps`` > 0 also measures AH-Net training throughput (``TRAIN_PATCH``, ``TRAIN_BATCH``).
+    Returns a dict: ``device``, ``size``, ``peak_gflops_s`` and context, plus one entry per row with
+    ``median_s``, ``min_s``, ``max_s``, ``peak_mem_mb`` (and ``base_mem_mb`` before the forward),
+    ``gflops``, ``gflops_s``, ``peak_fraction``, ``time_ratio`` and ``flop_ratio`` (to
+    ``ahnet-released``), and ``table3_ms`` (the paper's GPU time).
+    """
+    from tqdm import tqdm
+
+    dev = check_device(device)
+    size = tuple(size)
+    if len(size) != 3 or min(size) < 1:
+        raise ConfigError(f"size must be three positive integers, got {size}")
+    if repeats < 1 or train_steps < 0:
+        raise ConfigError(f"--repeats must be >= 1 and --train-steps >= 0, got {repeats} and {train_steps}")
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown or not rows:
+        raise ConfigError(f"unknown model(s) {unknown}; choose from {', '.join(ROWS)}")
+    if "monai-ahnet" in rows:
+        try:
+            import monai.networks.nets  # noqa: F401
+        except ImportError:
+            rows = tuple(r for r in rows if r != "monai-ahnet")
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    threads = torch.get_num_threads()
+    bar = tqdm(total=len(rows) * (repeats + 2) + (1 if train_steps else 0), desc="bench", unit="run",
+               disable=not progress)
+    try:
+        bar.set_postfix_str("matmul peak")
+        peak = matmul_peak_gflops(dev)
+        x = torch.randn(1, 1, *size, device=dev, generator=torch.Generator(device=dev).manual_seed(0))
+        runners = {row: _runner(row, size[2]).to(dev) for row in rows}
+        times: dict[str, list[float]] = {row: [] for row in rows}
+        for repeat in range(repeats + 1):  # round 0 is the warm-up
+            for row in rows:
+                bar.set_postfix_str(f"{row} ({'warm-up' if repeat == 0 else f'repeat {repeat}'})")
+                t = _time_forward(runners[row], x)
+                if repeat:
+                    times[row].append(t)
+                bar.update()
+        del runners
+        memory, train = {}, None
+        with _Children() as children:
+            for row in rows:
+                bar.set_postfix_str(f"{row} (peak memory, own process)")
+                memory[row] = children.run("peak", row, size, str(dev), threads)
+                bar.update()
+            if train_steps:
+                bar.set_postfix_str(f"training, {train_steps} step(s)")
+                train = children.run("train", str(dev), threads, train_steps, "released")
+                bar.update()
+        peak = max(peak, matmul_peak_gflops(dev))
+    finally:
+        bar.close()
+
+    result: dict = {"device": str(dev), "machine": machine(dev), "threads": threads, "torch": torch.__version__,
+                    "dtype": "bfloat16" if dev.type == "cuda" else "float32", "size": list(size),
+                    "repeats": repeats, "peak_gflops_s": peak}
+    ref = statistics.median(times[REFERENCE]) if REFERENCE in rows else None
+    ref_flops = count_gflops(REFERENCE, size)
+    for row in rows:
+        median, flops = statistics.median(times[row]), count_gflops(row, size)
+        result[row] = {
+            "median_s": median, "min_s": min(times[row]), "max_s": max(times[row]),
+            "peak_mem_mb": memory[row][0], "base_mem_mb": memory[row][1],
+            "gflops": flops, "gflops_s": flops / median, "peak_fraction": flops / median / peak,
+            "time_ratio": median / ref if ref else None, "flop_ratio": flops / ref_flops,
+            "table3_ms": TABLE3_MS[ROWS[row][2]],
+        }
+        if row == "monai-ahnet" and _PadTo.padded(size) != size:
+            result[row]["padded_to"] = list(_PadTo.padded(size))
+    if train is not None:
+        result["train"] = train
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The result as a text table, Table 3's times beside, then the headline comparisons."""
+    rows = [r for r in ROWS if r in result]
+    size = "x".join(map(str, result["size"]))
+    lines = [
+        f"Table 3 on {result['device']} ({result['machine']}; {result['threads']} threads; torch {result['torch']}, "
+        f"{result['dtype']}): one {size} volume, median (min-max) of {result['repeats']} after a warm-up",
+        f"practical peak (matrix product): {result['peak_gflops_s']:.1f} GFLOP/s",
+        "",
+        f"{'model':<22}{'median s':>10}{'min-max s':>16}{'peak MB':>9}{'GFLOP':>9}{'GFLOP/s':>9}{'% peak':>7}"
+        f"{'time/AH':>9}{'FLOP/AH':>9}{'paper ms':>10}",
+    ]
+    lines.append("-" * len(lines[-1]))
+    for row in rows:
+        r = result[row]
+        ratio = "" if r["time_ratio"] is None else f"{r['time_ratio']:.2f}"
+        lines.append(
+            f"{row:<22}{r['median_s']:>10.3f}{r['min_s']:>8.3f}-{r['max_s']:<7.3f}{r['peak_mem_mb']:>9.0f}"
+            f"{r['gflops']:>9.1f}{r['gflops_s']:>9.1f}{100 * r['peak_fraction']:>6.0f}%{ratio:>9}"
+            f"{r['flop_ratio']:>9.2f}{r['table3_ms']:>10.1f}"
+        )
+    notes = ["", "time/AH, FLOP/AH: ratio to ahnet-released; paper ms: Table 3 (GTX 1080Ti, 384x256x64)."]
+    if "monai-ahnet" in result and REFERENCE in result:
+        ours, monai = result[REFERENCE], result["monai-ahnet"]
+        notes.append(f"ahnet-released vs MONAI AHNet: {ours['median_s'] / monai['median_s']:.2f}x the time, "
+                     f"{ours['peak_mem_mb'] / monai['peak_mem_mb']:.2f}x the peak memory.")
+        if "padded_to" in monai:
+            notes.append(f"MONAI's AHNet ran on the volume zero-padded to {'x'.join(map(str, monai['padded_to']))}"
+                         " (its smallest valid size).")
+    if "train" in result:
+        t = result["train"]
+        notes.append(f"training ({t['model']}, {'x'.join(map(str, t['patch']))} patches, batch {t['batch']}): "
+                     f"{t['patches_per_s']:.3f} patches/s (step {t['median_step_s']:.1f} s), "
+                     f"peak {t['peak_mem_mb']:.0f} MB.")
+    return "\n".join(lines + notes)

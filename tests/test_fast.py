@@ -1,0 +1,95 @@
+"""The fast inference path (issue 6, Table 3) gives the plain modules' outputs within 1e-4."""
+
+import pytest
+import torch
+from conftest import randomize_batchnorm
+
+import ahnet.models.fast as fast
+from ahnet.models import MCGCN, AHNet, UNet2D, UNet3D
+from ahnet.models.fast import ChannelsLast, FastAHNet, optimize_for_inference
+
+
+def assert_same(fast_out: torch.Tensor, plain_out: torch.Tensor, rtol: float = 1e-4) -> None:
+    """Equal within ``rtol`` of the output's largest magnitude."""
+    assert fast_out.shape == plain_out.shape
+    err = ((fast_out.float() - plain_out.float()).abs().max() / plain_out.float().abs().max()).item()
+    assert err < rtol, f"relative error {err:.2e}"
+
+
+def pair(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    plain = randomize_batchnorm(model).eval()
+    return plain, optimize_for_inference(plain)
+
+
+@pytest.mark.parametrize("preset", ["paper", "released"])
+@pytest.mark.parametrize("backbone, out_channels, shape", [
+    ("resnet50", 1, (1, 1, 32, 64, 32)),   # the paper's backbone, no padding
+    ("resnet18", 3, (2, 1, 37, 30, 7)),    # basic blocks, a batch of two, odd sizes: padded and cropped
+    ("resnet18", 2, (1, 2, 20, 45, 9)),    # two image channels
+])
+@torch.no_grad()
+def test_fast_ahnet_equals_the_module(preset, backbone, out_channels, shape):
+    plain, quick = pair(AHNet(out_channels, backbone, in_channels=shape[1], preset=preset))
+    assert isinstance(quick, FastAHNet)
+    x = torch.randn(shape)
+    assert_same(quick(x), plain(x))
+
+
+@pytest.mark.parametrize("preset", ["paper", "released"])
+@torch.no_grad()
+def test_chunks_of_slices_change_nothing(preset, monkeypatch):
+    # A tiny budget: every stage runs slice by slice, the z parts with their halo slices, two volumes.
+    monkeypatch.setattr(fast, "CPU_CHUNK_ELEMENTS", 2000)
+    plain, quick = pair(AHNet(2, "resnet18", preset=preset))
+    x = torch.randn(2, 1, 30, 32, 31)
+    first = quick(x)
+    assert_same(first, plain(x))
+    assert torch.equal(quick(x), first)  # the second call reuses the kept tensors
+    assert not quick.arena.lent and quick.arena.free
+
+
+@pytest.mark.parametrize("pools", [(6, 4, 3), ()])
+@torch.no_grad()
+def test_other_pyramids(pools):
+    # Kernels that do not divide each other are pooled from the full map; no pyramid at all works too.
+    plain, quick = pair(AHNet(1, "resnet18", preset="released", pyramid_pools=pools))
+    x = torch.randn(1, 1, 64, 32, 8)
+    assert_same(quick(x), plain(x))
+
+
+@torch.no_grad()
+def test_the_module_is_left_untouched_and_still_trains():
+    model = randomize_batchnorm(AHNet(1, "resnet18", preset="released"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimize_for_inference(model)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    with torch.enable_grad():
+        model.train()(torch.randn(2, 1, 32, 32, 8)).mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("build, shape", [
+    (lambda: MCGCN(2, "resnet18", preset="released"), (2, 3, 64, 48)),
+    (lambda: MCGCN(1, "resnet18", preset="paper"), (1, 3, 40, 56)),
+    (lambda: UNet2D(3, 2, base_width=8), (2, 3, 48, 40)),
+    (lambda: UNet3D(1, 2, base_width=4), (1, 1, 32, 24, 16)),
+    (lambda: AHNet(1, "resnet18", dense_layer="isotropic"), (1, 1, 32, 32, 8)),  # not slice-separable
+])
+@torch.no_grad()
+def test_other_networks_fold_batch_norms(build, shape):
+    plain, quick = pair(build())
+    assert isinstance(quick, ChannelsLast)
+    x = torch.randn(shape)
+    assert_same(quick(x), plain(x))
+
+
+@torch.no_grad()
+def test_bf16_autocast_runs_the_cuda_code_path_on_cpu():
+    # On CUDA the predictor and `ahnet bench` run under bf16 autocast; the dtypes must flow through.
+    plain, quick = pair(AHNet(2, "resnet18", preset="released"))
+    x = torch.randn(1, 1, 32, 32, 8)
+    with torch.autocast("cpu", torch.bfloat16):
+        out, ref = quick(x), plain(x)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    assert_same(out, ref, rtol=0.1)
