@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import ConfigError
-from .models.padding import crop_spatial, pad_to_multiple
 
 #: Rows of the table (``--json`` keys, in order): the Table 2 network each is, and its Table 3 column.
 #: ``ahnet-released-plain`` is the plain module, without :func:`optimize_for_inference`.
