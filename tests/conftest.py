@@ -1,3 +1,5 @@
+import multiprocessing
+
 import pytest
 import torch
 import torch.nn as nn
@@ -6,6 +8,17 @@ import torch.nn as nn
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes():
+    """A test that leaves worker processes behind fails here, instead of hanging the interpreter's
+    exit (multiprocessing joins its children) long after every test has passed."""
+    yield
+    leftover = multiprocessing.active_children()
+    for child in leftover:
+        child.kill()
+    assert not leftover, f"processes left running: {leftover}"
 
 
 def randomize_batchnorm(model: nn.Module) -> nn.Module:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import gzip
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -641,6 +642,7 @@ def test_bad_input(name, tmp_path, checkpoint, monkeypatch, capsys):
         if bad.same_message:
             assert message == f"ahnet {bad.cli[0]}: error: {info.value}"  # the same message both ways
         assert files_in(bad.out) == bad.keep
+        assert not multiprocessing.active_children()  # no DataLoader worker outlives a failed run
     finally:
         if bad.out is not None and bad.out.exists():
             bad.out.chmod(0o755)

@@ -208,3 +208,13 @@ def test_ddp_two_processes_on_cpu_keep_identical_parameters(seg_data, tmp_path):
     assert config["world_size"] == 2
     # Only rank 0 writes: one metrics line per epoch.
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_worker_processes_end_with_the_run(seg_data, tmp_path):
+    """Persistent DataLoader workers ignore SIGTERM (the main process handles it), so the trainer must
+    stop them itself: none may outlive fit(), or the interpreter waits for them at exit."""
+    import multiprocessing
+
+    Trainer(tiny(seg_data, tmp_path / "run", model="3d-unet", patch=(16, 16, 4), epochs=1, iters_per_epoch=2,
+                 workers=2), progress=False).fit()
+    assert not multiprocessing.active_children()

@@ -74,7 +74,7 @@ def atomic_write(path, write: Callable[[str], None], suffix: str = ".tmp") -> Pa
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.is_file() else 0o644)  # mkstemp makes 0o600
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(OSError):

@@ -470,8 +470,8 @@ def _check_request(cases: int, shape, minimum: tuple[int, int, int]) -> tuple[in
 
 
 class _Writer:
-    """Writes a data set into a hidden sibling folder and moves it into place at the end, so an
-    interrupted run never leaves a half-written data set behind."""
+    """Writes a data set into a hidden sibling folder and moves it into place when the ``with``
+    block ends without an error, so an interrupted run never leaves a half-written data set behind."""
 
     def __init__(self, out: str | Path, overwrite: bool):
         self.out = Path(out)
@@ -501,14 +501,16 @@ class _Writer:
     def json(self, rel: str, data) -> None:
         (self.tmp / rel).write_text(json.dumps(data, indent=2) + "\n")
 
-    def commit(self) -> Path:
+    def __enter__(self) -> "_Writer":
+        return self
+
+    def __exit__(self, error_type, error, tb) -> None:
+        if error_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
         if self.out.exists():
             shutil.rmtree(self.out)
         os.replace(self.tmp, self.out)
-        return self.out
-
-    def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -525,9 +527,8 @@ def make_seg_dataset(out: str | Path, cases: int = 8, seed: int = 0, shape=(128,
     lesion; channel ``CT`` in HU). ``settings`` override :class:`SegSettings` fields."""
     config = _settings(SegSettings, settings)
     shape = _check_request(cases, shape, (32, 32, 6))
-    writer = _Writer(out, overwrite)
     truth = {}
-    try:
+    with _Writer(out, overwrite) as writer:
         for k in _progress(range(cases), cases, "synth seg", progress):
             name = f"case_{k:03d}"
             image, label, spacing, meta = seg_case(seed, k, shape, config)
@@ -539,10 +540,7 @@ def make_seg_dataset(out: str | Path, cases: int = 8, seed: int = 0, shape=(128,
                                      "description": "ahnet synthetic CT-like liver/lesion phantoms"})
         writer.json("synth.json", {"generator": "ahnet.synth.make_seg_dataset", "seed": seed, "shape": list(shape),
                                    "settings": dataclasses.asdict(config), "cases": truth})
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.commit()
+    return writer.out
 
 
 def make_det_dataset(out: str | Path, cases: int = 8, seed: int = 0, shape=(128, 128, 40), progress: bool = False,
@@ -552,9 +550,8 @@ def make_det_dataset(out: str | Path, cases: int = 8, seed: int = 0, shape=(128,
     config = _settings(DetSettings, settings)
     shape = _check_request(cases, shape, (32, 32, 8))
     negatives = set(np.random.default_rng([seed, 3]).permutation(cases)[: int(round(cases * config.negative_fraction))].tolist())
-    writer = _Writer(out, overwrite)
     boxes, truth = {}, {}
-    try:
+    with _Writer(out, overwrite) as writer:
         for k in _progress(range(cases), cases, "synth det", progress):
             name = f"case_{k:03d}"
             image, case_boxes, spacing, meta = det_case(seed, k, shape, k in negatives, config)
@@ -567,7 +564,4 @@ def make_det_dataset(out: str | Path, cases: int = 8, seed: int = 0, shape=(128,
                                      "description": "ahnet synthetic DBT-like mass phantoms"})
         writer.json("synth.json", {"generator": "ahnet.synth.make_det_dataset", "seed": seed, "shape": list(shape),
                                    "settings": dataclasses.asdict(config), "cases": truth})
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.commit()
+    return writer.out

@@ -20,13 +20,10 @@ result as JSON and a PNG plot. Every problem with an input raises :class:`DataEr
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +33,8 @@ import numpy as np
 import torch
 
 from ..data.volume import _check_box
-from ..errors import AhnetError, ConfigError, DataError
-from ..fileio import output_error
+from ..errors import ConfigError, DataError
+from ..fileio import atomic_write_bytes
 
 #: FP/volume rates at which the FROC is read: Table 4's columns, then the DBT challenge's 1, 2, 4.
 FROC_RATES = (0.01, 0.05, 0.10, 0.15, 0.20, 0.25, 1.0, 2.0, 4.0)
@@ -396,7 +393,7 @@ def write_detections_csv(path, detections: Sequence[Detection],
         if world is not None:
             row += [repr(float(v)) for v in _three_floats(world[i], f"world[{i}]")]
         w.writerow(row)
-    _write_atomic(Path(path), buf.getvalue().encode("utf-8"))
+    atomic_write_bytes(Path(path), buf.getvalue().encode("utf-8"))
 
 
 def read_boxes_json(path) -> dict[str, list[tuple[int, ...]]]:
@@ -493,7 +490,7 @@ def plot_froc(result: FROCResult | Sequence[tuple[str, FROCResult]], path, title
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    _write_atomic(Path(path), buf.getvalue())
+    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def evaluate_detection(pred_csv, boxes_json, json_out=None, png_out=None) -> dict:
@@ -506,38 +503,13 @@ def evaluate_detection(pred_csv, boxes_json, json_out=None, png_out=None) -> dic
     result = froc(detections, boxes)
     out = result.to_dict()
     if json_out is not None:
-        _write_atomic(Path(json_out), (json.dumps(out, indent=2) + "\n").encode("utf-8"))
+        atomic_write_bytes(Path(json_out), (json.dumps(out, indent=2) + "\n").encode("utf-8"))
     if png_out is not None:
         plot_froc(result, png_out)
     return out
 
 
 # -------------------------------------------------------------------------------------- helpers
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the target folder, then os.replace: a reader never sees a half-written file."""
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a folder, need a file path")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise output_error(path, e) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and not isinstance(e, AhnetError):
-            raise output_error(path, e) from None
-        raise
-
 
 def _voxel_index(text: str, axis: str, where: str) -> int:
     """A non-negative integer; "12.0" is accepted (tables written as floats), "12.5" is not."""

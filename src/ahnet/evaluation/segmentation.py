@@ -21,14 +21,11 @@ prediction must have the truth's shape and affine.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
-import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +35,8 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import AhnetError, ConfigError, DataError
-from ..fileio import output_error
+from ..errors import ConfigError, DataError
+from ..fileio import atomic_write_text
 
 #: LiTS label convention (§4.2): 0 background, 1 liver, 2 lesion; "liver" is the whole organ.
 LITS_CLASSES: dict[str, tuple[int, ...]] = {"liver": (1, 2), "lesion": (2,)}
@@ -158,9 +155,9 @@ def evaluate_segmentation(pred_dir, gt_dir, json_out=None, csv_out=None,
     result = _evaluate(_read_pairs(cases, pred_files, gt_files, progress), cls, validate=False)
 
     if json_path is not None:
-        _write_atomic(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
+        atomic_write_text(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
     if csv_path is not None:
-        _write_atomic(csv_path, _csv_text(result, list(cls)))
+        atomic_write_text(csv_path, _csv_text(result, list(cls)))
     return result
 
 
@@ -406,27 +403,3 @@ def _csv_text(result: SegmentationResult, classes: list[str]) -> str:
     for case, scores in result.cases.items():
         w.writerow([case, *(repr(float(scores[c])) for c in classes)])
     return buf.getvalue()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the target folder and os.replace, so that a reader never sees a
-    half-written file and an interrupted run leaves the previous file intact."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise output_error(path, e) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and not isinstance(e, AhnetError):
-            raise output_error(path, e) from None
-        raise

@@ -83,6 +83,17 @@ def _worker_init(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _release_workers(loader: DataLoader) -> None:
+    """Stop a loader's persistent workers now. They ignore SIGTERM (see :func:`_worker_init`), so
+    they must not outlive the run: an exception's traceback keeps the loader alive, and at exit
+    ``multiprocessing`` would wait for them forever. DataLoader has no public close; its iterator's
+    shutdown is what its own ``__del__`` calls."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
+
+
 def _unwrap_worker_error(err: AhnetError) -> AhnetError:
     """DataLoader re-raises a worker's exception with the worker's traceback in its message; give
     back the original one-line message instead."""
@@ -303,6 +314,13 @@ class Trainer:
                             drop_last=True, pin_memory=d.device.type == "cuda",
                             persistent_workers=config.workers > 0,
                             worker_init_fn=_worker_init if config.workers > 0 else None)
+        try:
+            return self._run_epochs(loader, sampler)
+        finally:
+            _release_workers(loader)
+
+    def _run_epochs(self, loader: DataLoader, sampler: EpochSampler) -> dict[str, Any]:
+        config, d = self.config, self.dist
         val_batches = self._validation_batches() if d.main and self.val_cases else []
         optimizer, stage_index, model = None, -1, self.model
         start_iter, carried = 0, (0.0, 0)
