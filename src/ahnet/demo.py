@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -85,20 +86,23 @@ def run_task(task: str, out: Path, scale: Scale, device: str = "auto", seed: int
                      for name, r in results.items()}}
 
 
-def run_demo(out: str | Path = "ahnet-demo", task: str = "both", scale: str = "cpu", device: str = "auto",
+def run_demo(out: str | Path = "ahnet-demo", task: str = "both", scale: str | Scale = "cpu", device: str = "auto",
              seed: int = 0, workers: int = 2, progress: bool = True) -> dict:
     """Run the demo for ``task`` (``seg``, ``det`` or ``both``) into ``out``; returns a summary and
-    writes it to ``out/summary.json``. Rerunning reuses the data and networks already finished."""
+    writes it to ``out/summary.json``. ``scale`` is a name in :data:`SCALES` or a :class:`Scale`.
+    Rerunning reuses the data and networks already finished."""
     if task not in ("seg", "det", "both"):
         raise ConfigError(f"task must be seg, det or both, got {task!r}")
-    if scale not in SCALES:
+    if not isinstance(scale, Scale) and scale not in SCALES:
         raise ConfigError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
+    sizes = scale if isinstance(scale, Scale) else SCALES[scale]
     out = Path(out)
     start = time.time()
     results = {}
     for name in (("seg", "det") if task == "both" else (task,)):
-        results[name] = run_task(name, out / name, SCALES[scale], device, seed, workers, progress)
-    summary = {"seconds": round(time.time() - start, 1), "scale": scale, "tasks": results}
+        results[name] = run_task(name, out / name, sizes, device, seed, workers, progress)
+    summary = {"seconds": round(time.time() - start, 1), "scale": scale if isinstance(scale, str) else asdict(scale),
+               "tasks": results}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -364,7 +364,9 @@ class Trainer:
                 record.update(metric)
                 record["time_s"] = round(time.time() - start, 3)
                 self.history.append(record)
-                improved = metric.get("val_metric", -math.inf) > self.best_metric
+                # A tie goes to the later, longer-trained epoch (a detection metric often stays 0
+                # for the first epochs: the best must not stay the first one).
+                improved = metric.get("val_metric", -math.inf) >= self.best_metric
                 if improved:
                     self.best_metric = metric["val_metric"]
                 self.epoch += 1
