@@ -218,3 +218,13 @@ def test_worker_processes_end_with_the_run(seg_data, tmp_path):
     Trainer(tiny(seg_data, tmp_path / "run", model="3d-unet", patch=(16, 16, 4), epochs=1, iters_per_epoch=2,
                  workers=2), progress=False).fit()
     assert not multiprocessing.active_children()
+
+
+def test_a_tie_in_validation_keeps_the_later_epoch_as_best(det_data, tmp_path, monkeypatch):
+    """A detection metric often stays at 0 for the first epochs: the best checkpoint is then the
+    latest, longest-trained one, not the first."""
+    monkeypatch.setattr(Trainer, "_validate", lambda self, batches: {"val_metric": 0.0})
+    out = tmp_path / "run"
+    Trainer(tiny(det_data, out, model="3d-unet", patch=(16, 16, 4), epochs=3, iters_per_epoch=1),
+            progress=False).fit()
+    assert load_checkpoint(out / "checkpoint_best.pt")["epoch"] == 3
