@@ -228,3 +228,10 @@ def test_a_tie_in_validation_keeps_the_later_epoch_as_best(det_data, tmp_path, m
     Trainer(tiny(det_data, out, model="3d-unet", patch=(16, 16, 4), epochs=3, iters_per_epoch=1),
             progress=False).fit()
     assert load_checkpoint(out / "checkpoint_best.pt")["epoch"] == 3
+
+
+def test_without_validation_every_epoch_is_the_best(seg_data, tmp_path):
+    out = tmp_path / "run"
+    Trainer(tiny(seg_data, out, model="3d-unet", patch=(16, 16, 4), epochs=2, iters_per_epoch=1, val_fraction=0.0),
+            progress=False).fit()
+    assert load_checkpoint(out / "checkpoint_best.pt")["epoch"] == 2

@@ -366,9 +366,10 @@ class Trainer:
                 self.history.append(record)
                 # A tie goes to the later, longer-trained epoch (a detection metric often stays 0
                 # for the first epochs: the best must not stay the first one).
-                improved = metric.get("val_metric", -math.inf) >= self.best_metric
+                value = metric.get("val_metric")  # None without validation cases
+                improved = value is not None and value >= self.best_metric
                 if improved:
-                    self.best_metric = metric["val_metric"]
+                    self.best_metric = value
                 self.epoch += 1
                 self._write_epoch(record, optimizer, index, best=improved or not val_batches)
             else:
