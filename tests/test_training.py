@@ -230,8 +230,10 @@ def test_a_tie_in_validation_keeps_the_later_epoch_as_best(det_data, tmp_path, m
     assert load_checkpoint(out / "checkpoint_best.pt")["epoch"] == 3
 
 
-def test_without_validation_every_epoch_is_the_best(seg_data, tmp_path):
+def test_without_validation_every_epoch_is_the_best(seg_data, tmp_path, capsys):
     out = tmp_path / "run"
-    Trainer(tiny(seg_data, out, model="3d-unet", patch=(16, 16, 4), epochs=2, iters_per_epoch=1, val_fraction=0.0),
-            progress=False).fit()
+    assert main(["train3d", "--data", str(seg_data), "--out", str(out), "--model", "3d-unet", "--patch", "16x16x4",
+                 "--epochs", "2", "--iters-per-epoch", "1", "--batch-size", "2", "--workers", "0",
+                 "--val-fraction", "0", "--device", "cpu"]) == 0
     assert load_checkpoint(out / "checkpoint_best.pt")["epoch"] == 2
+    assert "no validation cases, checkpoint_best.pt is the last epoch" in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -65,8 +66,10 @@ def _train(args: argparse.Namespace) -> int:
               f"checkpoint saved to {Path(args.out) / 'checkpoint_latest.pt'}; continue with --resume",
               file=sys.stderr)
         return 128 + int(signal.Signals[result["interrupted"]])
-    print(f"trained {result['epochs']} epoch(s); best validation {result['best_metric']:.4f}; "
-          f"checkpoints in {args.out}")
+    best = result["best_metric"]
+    validation = (f"best validation {best:.4f}" if math.isfinite(best)
+                  else "no validation cases, checkpoint_best.pt is the last epoch")
+    print(f"trained {result['epochs']} epoch(s); {validation}; checkpoints in {args.out}")
     return 0
 
 
