@@ -26,6 +26,7 @@ def table4(tmp_path_factory):
 def test_table4_rows_plot_and_paper_side_by_side(table4):
     summary = json.loads((table4 / "results.json").read_text())
     assert summary["task"] == "det" and summary["header"][:2] == ["network", "0.01"]
+    assert summary["machine"] and f"device `cpu` ({summary['machine']})" in (table4 / "results.md").read_text()
     assert [r[0] for r in summary["rows"]] == ["2D U-Net", "3D U-Net", "MC-GCN", "AH-Net"]
     for row in summary["rows"]:
         assert all(0.0 <= v <= 1.0 for v in row[1:-1])

@@ -124,6 +124,17 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def _machine(device: str) -> str:
+    """What ``device`` ran on, in words (results name the hardware beside the numbers)."""
+    import torch
+
+    from .bench import machine
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return machine(torch.device(device))
+
+
 def synthetic_data(task: str, out: Path, scale: Scale, seed: int, progress: bool) -> tuple[Path, Path]:
     """Training and held-out phantom sets in ``out/data`` and ``out/test`` (reused when present)."""
     from . import synth
@@ -315,13 +326,14 @@ def run_experiment(name: str, out: str | Path, *, data: str | Path | None = None
     plot = out / ("froc.png" if task == "det" else "dice.png")
     _plot(task, experiment, results, test, plot)
     summary = {"experiment": name, "title": experiment.title, "task": task, "scale": scale, "sizes": asdict(sizes),
-               "data": str(data), "test": str(test), "device": device, "seed": seed,
+               "data": str(data), "test": str(test), "device": device, "machine": _machine(device), "seed": seed,
                "seconds": round(time.time() - start, 1), "header": header, "rows": rows,
                "paper": {k: dict(v) for k, v in experiment.paper.items()}, "arms": results, "plot": str(plot)}
     _write_json(out / "results.json", summary)
     text = [f"# {experiment.title}", "",
             f"Ours: scale `{scale}` ({sizes.backbone}, {sizes.train_cases} training / {sizes.test_cases} test "
-            f"cases), data `{data}`, device `{device}`, seed {seed}.", "", _markdown(header, rows), ""]
+            f"cases), data `{data}`, device `{device}` ({summary['machine']}), seed {seed}.", "",
+            _markdown(header, rows), ""]
     if experiment.paper:
         paper_header = ["network (paper, its data, GPU)", *next(iter(experiment.paper.values())).keys()]
         paper_rows = [[k, *v.values()] for k, v in experiment.paper.items()]
