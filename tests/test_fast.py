@@ -58,6 +58,27 @@ def test_other_pyramids(pools):
 
 
 @torch.no_grad()
+def test_preactivation_folds_into_a_1x1_convolution_for_every_sign_of_gamma():
+    # BN-ReLU-conv1x1 as clamp-conv1x1: positive, negative and zero gammas (a zero-gamma channel is
+    # the constant relu(beta)), including a channel whose constant is 0.
+    bn, conv = torch.nn.BatchNorm3d(5).eval(), torch.nn.Conv3d(5, 3, 1)
+    bn.weight.copy_(torch.tensor([1.3, -0.7, 0.0, 0.0, 2.0]))
+    bn.bias.copy_(torch.tensor([0.4, 0.5, 0.8, -0.6, -1.0]))
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(4, 5, 6, 7, 1) * 2
+    expected = conv(torch.relu(bn(x)))[..., 0]
+    quick_conv = fast._Conv(conv)
+    clamp = fast._preactivation(bn, quick_conv)
+    assert isinstance(clamp, fast._Clamp)
+    slices = x[..., 0].contiguous(memory_format=torch.channels_last)
+    assert_same(quick_conv(clamp(slices)), expected, rtol=1e-5)
+    # Any other kernel keeps the norm as it is: its zero padding must see relu(bn(x)) = 0.
+    assert isinstance(fast._preactivation(bn, fast._Conv(torch.nn.Conv3d(5, 3, (3, 3, 1), padding=(1, 1, 0)))),
+                      fast._BNReLU)
+
+
+@torch.no_grad()
 def test_the_module_is_left_untouched_and_still_trains():
     model = randomize_batchnorm(AHNet(1, "resnet18", preset="released"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
