@@ -73,9 +73,24 @@ def test_preactivation_folds_into_a_1x1_convolution_for_every_sign_of_gamma():
     assert isinstance(clamp, fast._Clamp)
     slices = x[..., 0].contiguous(memory_format=torch.channels_last)
     assert_same(quick_conv(clamp(slices)), expected, rtol=1e-5)
+    # A 3x3 conv as taps: the folded bias is summed only where a tap is inside the map.
+    head = torch.nn.Conv3d(5, 1, (3, 3, 1), padding=(1, 1, 0))
+    taps = fast._TapConv(head)
+    clamp = fast._preactivation(bn, taps)
+    assert isinstance(clamp, fast._Clamp)
+    assert_same(taps(clamp(slices)), head(torch.relu(bn(x)))[..., 0], rtol=1e-5)
     # Any other kernel keeps the norm as it is: its zero padding must see relu(bn(x)) = 0.
     assert isinstance(fast._preactivation(bn, fast._Conv(torch.nn.Conv3d(5, 3, (3, 3, 1), padding=(1, 1, 0)))),
                       fast._BNReLU)
+
+
+@pytest.mark.parametrize("volumes, slices, kernel, stride, padding", [
+    (1, 32, 3, 2, 1), (2, 7, 3, 2, 1), (1, 5, 2, 2, 1), (2, 9, 3, 1, 1), (1, 1, 3, 2, 1), (1, 6, 5, 3, 2)])
+def test_z_max_pooling_as_maxima_of_slices_equals_the_pooling_kernel(volumes, slices, kernel, stride, padding):
+    x = torch.randn(volumes * slices, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    expected = fast._slices(torch.nn.functional.max_pool2d(fast._zview(x, volumes), (kernel, 1), (stride, 1),
+                                                           (padding, 0)), 4, 5)
+    assert torch.equal(fast._zmax_pool(x, volumes, kernel, stride, padding, fast._Arena().take), expected)
 
 
 @torch.no_grad()

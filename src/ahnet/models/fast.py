@@ -70,6 +70,25 @@ def _zpool(x: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
+def _zmax_pool(x: torch.Tensor, n: int, k: int, s: int, p: int, take: Take) -> torch.Tensor:
+    """MaxPool (1, 1, k)/(1, 1, s), padding ``p``, over the slices of each of ``n`` volumes, as
+    element-wise maxima of strided views of the slice batch: the pooling kernel, which also writes
+    indices, took 5x longer on the stem's output."""
+    sz = x.shape[0] // n
+    out_z = (sz + 2 * p - k) // s + 1
+    out = take((n * out_z, *x.shape[1:]), x)
+    for v in range(n):
+        src, dst = x[v * sz:(v + 1) * sz], out[v * out_z:(v + 1) * out_z]
+        for i in range(k):  # output j reads input j*s - p + i where that is inside the volume
+            lo, hi = max(0, -((i - p) // s)), min(out_z, (sz - 1 + p - i) // s + 1)
+            if i == 0:
+                dst.fill_(float("-inf"))
+            if hi > lo:
+                view = src[lo * s - p + i:(hi - 1) * s - p + i + 1:s]
+                torch.maximum(dst[lo:hi], view, out=dst[lo:hi])
+    return out
+
+
 def _resize_z(x: torch.Tensor, n: int, sz: int, rows: slice) -> torch.Tensor:
     """Rows ``rows`` of ``x`` (``n`` volumes of slices) resized linearly along z to ``sz`` slices a
     volume, as ``F.interpolate`` does (``align_corners=False``): each output slice blends its two
@@ -188,7 +207,7 @@ class _Clamp(nn.Module):
         return torch.clamp(x, self.low.to(x.dtype), self.high.to(x.dtype), out=out)
 
 
-def _preactivation(bn: Norm, conv: "_Conv") -> nn.Module:
+def _preactivation(bn: Norm, conv: "_Conv | _TapConv") -> nn.Module:
     """BN-ReLU before ``conv`` (the decoder's order, §3.3), as cheap as the kernel allows.
 
     Before a 1x1 convolution: with the norm as ``s * x + b`` per channel,
@@ -196,7 +215,9 @@ def _preactivation(bn: Norm, conv: "_Conv") -> nn.Module:
     ``s < 0``, so ``s`` goes into the convolution's weights, ``b`` into its bias (a 1x1
     convolution has no padding that would see it), and the maps need one clamp instead of a
     multiply-add and a ReLU: 35 % less time on them. A channel with ``s = 0`` is the constant
-    ``relu(b)``, which goes into the bias. Any other kernel keeps :class:`_BNReLU`.
+    ``relu(b)``, which goes into the bias. :class:`_TapConv` qualifies (its taps are 1x1 convs);
+    any other kernel keeps :class:`_BNReLU`: its zero padding stands for norm outputs of 0, to
+    which a folded bias would wrongly add ``b``.
     """
     if tuple(conv.weight.shape[2:]) != (1, 1):
         return _BNReLU(bn)
@@ -245,7 +266,9 @@ class _Conv(nn.Module):
 class _TapConv(nn.Module):
     """A kxk Conv3d (kx, ky, 1) with few outputs (the released head: one heatmap or a few classes)
     as a 1x1 conv to one set of outputs per tap, summed shifted. oneDNN's kxk kernels vectorise over
-    output channels and ran at ~6 GFLOP/s with one; a 1x1 conv is a matrix product."""
+    output channels and ran at ~6 GFLOP/s with one; a 1x1 conv is a matrix product. ``weight`` and
+    ``bias`` are that 1x1 conv's (a preceding norm folds into them: taps outside the map are never
+    summed, so the padding sees no bias); ``out_bias`` is the kxk conv's own."""
 
     def __init__(self, conv: nn.Conv3d):
         super().__init__()
@@ -254,11 +277,12 @@ class _TapConv(nn.Module):
         out, cin, kx, ky, _ = conv.weight.shape
         w = conv.weight.detach()[..., 0].permute(2, 3, 0, 1).reshape(kx * ky * out, cin, 1, 1)
         self.register_buffer("weight", w.contiguous(memory_format=CL))
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().view(1, -1, 1, 1))
+        self.register_buffer("bias", None)
+        self.register_buffer("out_bias", None if conv.bias is None else conv.bias.detach().view(1, -1, 1, 1))
         self.kernel, self.padding = (kx, ky), conv.padding[:2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        taps = F.conv2d(x, self.weight)
+        taps = F.conv2d(x, self.weight, self.bias)
         (kx, ky), (px, py) = self.kernel, self.padding
         k, (sx, sy) = taps.shape[1] // (kx * ky), taps.shape[2:]
         ox, oy = sx + 2 * px - kx + 1, sy + 2 * py - ky + 1
@@ -268,7 +292,7 @@ class _TapConv(nn.Module):
                 x0, x1, y0, y1 = max(0, px - i), min(ox, sx + px - i), max(0, py - j), min(oy, sy + py - j)
                 tap = taps[:, (i * ky + j) * k:(i * ky + j + 1) * k]
                 out[:, :, x0:x1, y0:y1] += tap[:, :, x0 + i - px:x1 + i - px, y0 + j - py:y1 + j - py]
-        return out if self.bias is None else out.add_(self.bias.to(out.dtype))
+        return out if self.out_bias is None else out.add_(self.out_bias.to(out.dtype))
 
 
 class _ZConv(nn.Module):
@@ -537,11 +561,8 @@ class FastAHNet(nn.Module):
                                     for i, level in enumerate(model.decoder))
         self.pyramid = _Pyramid(model.pyramid)
         head = model.head.conv
-        if head.kernel_size[0] * head.kernel_size[1] > 1:
-            self.head, self.head_norm = _TapConv(head), _BNReLU(model.head.norm)
-        else:
-            self.head = _Conv(head)
-            self.head_norm = _preactivation(model.head.norm, self.head)
+        self.head = _TapConv(head) if head.kernel_size[0] * head.kernel_size[1] > 1 else _Conv(head)
+        self.head_norm = _preactivation(model.head.norm, self.head)
         self.arena = _Arena()
 
     def _encode(self, x: torch.Tensor, budget: int | None) -> dict[str, torch.Tensor]:
@@ -551,7 +572,7 @@ class FastAHNet(nn.Module):
         k, s, p = self.maxpool
         h = _per_slice(lambda t, out: _into(F.max_pool2d(t, k, s, p), out), taps["conv1"], arena.take, budget,
                        taps["conv1"][0].numel())
-        pooled = _slices(F.max_pool2d(_zview(h, n), (k, 1), (s, 1), (p, 0)), *h.shape[2:])
+        pooled = _zmax_pool(h, n, k, s, p, arena.take)
         arena.give(h)
         h = taps["pool"] = pooled
         for name, stage in zip(TAP_NAMES[2:], self.stages):
