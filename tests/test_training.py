@@ -13,6 +13,7 @@ import torch
 from ahnet import CheckpointError, ConfigError
 from ahnet.cli import main
 from ahnet.training import TrainConfig, Trainer, load_checkpoint, save_checkpoint
+from ahnet.training.checkpoint import copy_checkpoint
 from ahnet.training.trainer import split_cases
 from ahnet.data.dataset import load_dataset
 
@@ -113,18 +114,18 @@ def test_resume_is_exact(seg_data, tmp_path):
     """2N epochs in one go == N epochs, stop, resume, N epochs: identical parameters."""
     torch.use_deterministic_algorithms(True)
     try:
-        Trainer(tiny(seg_data, tmp_path / "straight", epochs=4), progress=False).fit()
-        Trainer(tiny(seg_data, tmp_path / "resumed", epochs=2), progress=False).fit()
-        # The same command again with --resume and more epochs continues from epoch 2.
+        Trainer(tiny(seg_data, tmp_path / "straight", epochs=2), progress=False).fit()
+        Trainer(tiny(seg_data, tmp_path / "resumed", epochs=1), progress=False).fit()
+        # The same command again with --resume and more epochs continues from epoch 1.
         saved = load_checkpoint(tmp_path / "resumed" / "checkpoint_latest.pt")
-        saved["config"]["epochs"] = 4
+        saved["config"]["epochs"] = 2
         save_checkpoint(tmp_path / "resumed" / "checkpoint_latest.pt", {k: v for k, v in saved.items() if k != "format"})
         Trainer(tiny(seg_data, tmp_path / "resumed"), resume=True, progress=False).fit()
     finally:
         torch.use_deterministic_algorithms(False)
     a = load_checkpoint(tmp_path / "straight" / "checkpoint_latest.pt")
     b = load_checkpoint(tmp_path / "resumed" / "checkpoint_latest.pt")
-    assert a["epoch"] == b["epoch"] == 4
+    assert a["epoch"] == b["epoch"] == 2
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
 
@@ -138,6 +139,19 @@ def test_bf16_autocast_trains(seg_data, tmp_path):
     assert all(np.isfinite(losses)) and losses[1] < losses[0]
     with pytest.raises(ConfigError, match="fp16 needs a CUDA"):
         Trainer(tiny(seg_data, tmp_path / "fp16", amp="fp16"), progress=False)
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_best_checkpoint_is_a_copy_that_outlives_the_next_latest(tmp_path, monkeypatch, links):
+    # A hard link where possible, else a byte copy: either way replacing latest leaves best alone.
+    if not links:
+        monkeypatch.setattr("os.link", lambda *a: (_ for _ in ()).throw(OSError("no hard links here")))
+    latest, best = tmp_path / "checkpoint_latest.pt", tmp_path / "checkpoint_best.pt"
+    save_checkpoint(latest, {"kind": "note", "value": torch.tensor([1.0])})
+    copy_checkpoint(latest, best)
+    save_checkpoint(latest, {"kind": "note", "value": torch.tensor([2.0])})
+    assert load_checkpoint(best)["value"].item() == 1.0 and load_checkpoint(latest)["value"].item() == 2.0
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_checkpoints_are_plain_data_and_atomic(seg_data, tmp_path):

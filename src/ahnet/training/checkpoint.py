@@ -7,7 +7,9 @@ a checkpoint holds only tensors and plain Python values.
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,21 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             torch.save({"format": FORMAT, **payload}, f)
+
+    atomic_write(path, write)
+
+
+def copy_checkpoint(source: str | Path, path: str | Path) -> None:
+    """``path`` as a copy of the checkpoint ``source``, atomically and without serialising it
+    again: a hard link where the file system allows (checkpoints are only ever replaced by a
+    rename, never changed in place, so the two names stay independent), a byte copy elsewhere."""
+
+    def write(tmp: str) -> None:
+        os.unlink(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
 
     atomic_write(path, write)
 

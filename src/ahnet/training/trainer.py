@@ -37,12 +37,15 @@ from ..errors import AhnetError, CheckpointError, ConfigError
 from ..fileio import atomic_write_text, ensure_output_dir, remove_stale_temps
 from ..losses import LossSchedule
 from ..models.factory import build_model, model_meta, model_from_meta
-from .checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import copy_checkpoint, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 
 ADAM_BETAS = (0.9, 0.999)  # §4
 ADAM_EPS = 1e-8
 #: Files of a run folder, all written atomically (a kill leaves at most a stale temporary file).
+#: The training curve is redrawn at most this often (and at the end of a run): drawing it takes
+#: about a second, which short epochs would otherwise spend mostly plotting.
+CURVE_INTERVAL_S = 30.0
 RUN_FILES = ("checkpoint_latest.pt", "checkpoint_best.pt", "config.json", "metrics.jsonl", "training_curve.png")
 
 
@@ -212,6 +215,7 @@ class Trainer:
                                      pretrained=config.pretrained, options=config.options)
         self.meta = meta
         self._created_out = not self.out.exists()
+        self._curve_drawn_at = -math.inf
         if self.dist.main:
             ensure_output_dir(self.out, "run folder")
         self.model.to(self.dist.device)
@@ -378,6 +382,8 @@ class Trainer:
             if self.epoch < total and self._stop_requested():
                 interrupted = self._signal_name()
                 break
+        if d.main and self.history:
+            self._draw_curve()
         return {"epochs": self.epoch, "best_metric": self.best_metric, "history": self.history,
                 "interrupted": interrupted}
 
@@ -501,14 +507,18 @@ class Trainer:
         }
 
     def _write_epoch(self, record: dict, optimizer: torch.optim.Optimizer, stage: int, best: bool) -> None:
-        payload = self._payload(optimizer, stage)
-        save_checkpoint(self.out / "checkpoint_latest.pt", payload)
+        save_checkpoint(self.out / "checkpoint_latest.pt", self._payload(optimizer, stage))
         if best:
-            save_checkpoint(self.out / "checkpoint_best.pt", payload)
+            copy_checkpoint(self.out / "checkpoint_latest.pt", self.out / "checkpoint_best.pt")
         self._write_metrics()
+        if time.monotonic() - self._curve_drawn_at >= CURVE_INTERVAL_S:
+            self._draw_curve()
+
+    def _draw_curve(self) -> None:
         from .curves import plot_training_curve
 
         plot_training_curve(self.history, self.out / "training_curve.png")
+        self._curve_drawn_at = time.monotonic()
 
     def _write_metrics(self) -> None:
         """``metrics.jsonl``, rewritten whole from the history (which the checkpoint holds), so that
