@@ -526,17 +526,21 @@ class _Pyramid(nn.Module):
 
     def forward(self, buf: torch.Tensor, budget: int | None) -> None:
         front = len(self.pools)
-        x = buf[:, front:]
-        pooled = {1: x}
+        if not front:
+            return
+        # The whole buffer is pooled, a dense chunk at a time: its front channels (not written yet)
+        # are pooled along and dropped, which costs less than copying the rest out of the buffer.
+        pooled = {1: buf}
         for k in sorted(set(self.pools)):
             src = max(j for j in pooled if k % j == 0)
-            if src == 1:  # the full map: a chunk at a time, made dense first (pooling strided maps is slow)
-                pooled[k] = torch.cat([F.max_pool2d(x[part].contiguous(memory_format=CL), k, k, ceil_mode=True)
-                                       for part in _chunks(x.shape[0], x[0].numel(), budget)])
+            if src == 1:
+                pooled[k] = torch.cat([F.max_pool2d(buf[part], k, k, ceil_mode=True)
+                                       for part in _chunks(buf.shape[0], buf[0].numel(), budget)])
             else:
                 pooled[k] = F.max_pool2d(pooled[src], k // src, k // src, ceil_mode=True)
-        for i, (k, proj) in enumerate(zip(self.pools, self.proj)):
-            buf[:, i:i + 1] = _resize_xy(proj(pooled[k]), x.shape[2:])
+        maps = [_resize_xy(proj(pooled[k][:, front:]), buf.shape[2:]) for k, proj in zip(self.pools, self.proj)]
+        for part in _chunks(buf.shape[0], buf[0].numel(), budget):  # the front channels share cache lines
+            torch.cat([m[part] for m in maps], dim=1, out=buf[part, :front])
 
 
 class FastAHNet(nn.Module):
