@@ -23,7 +23,6 @@ def test_demo_learns_the_liver(tmp_path):
     body liver (what a network that learned only "not air" would do)."""
     summary = run_demo(tmp_path, task="seg", scale=LEARNING, device="cpu", workers=0, progress=False)
     rows = summary["tasks"]["seg"]["headline"]
-    print("ROWS", rows)
     baseline = rows["baseline: body = liver"]["liver Dice"]
     assert baseline < 0.5
     for network in ("MC-GCN", "AH-Net"):

@@ -78,11 +78,9 @@ def _zmax_pool(x: torch.Tensor, n: int, k: int, s: int, p: int, take: Take) -> t
     out_z = (sz + 2 * p - k) // s + 1
     out = take((n * out_z, *x.shape[1:]), x)
     for v in range(n):
-        src, dst = x[v * sz:(v + 1) * sz], out[v * out_z:(v + 1) * out_z]
+        src, dst = x[v * sz:(v + 1) * sz], out[v * out_z:(v + 1) * out_z].fill_(float("-inf"))
         for i in range(k):  # output j reads input j*s - p + i where that is inside the volume
             lo, hi = max(0, -((i - p) // s)), min(out_z, (sz - 1 + p - i) // s + 1)
-            if i == 0:
-                dst.fill_(float("-inf"))
             if hi > lo:
                 view = src[lo * s - p + i:(hi - 1) * s - p + i + 1:s]
                 torch.maximum(dst[lo:hi], view, out=dst[lo:hi])

@@ -42,10 +42,10 @@ from .config import TrainConfig
 
 ADAM_BETAS = (0.9, 0.999)  # §4
 ADAM_EPS = 1e-8
-#: Files of a run folder, all written atomically (a kill leaves at most a stale temporary file).
 #: The training curve is redrawn at most this often (and at the end of a run): drawing it takes
 #: about a second, which short epochs would otherwise spend mostly plotting.
 CURVE_INTERVAL_S = 30.0
+#: Files of a run folder, all written atomically (a kill leaves at most a stale temporary file).
 RUN_FILES = ("checkpoint_latest.pt", "checkpoint_best.pt", "config.json", "metrics.jsonl", "training_curve.png")
 
 
