@@ -18,13 +18,13 @@ hold the table, beside the paper's numbers, which come from a GPU and the paper'
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError, DataError
+from .fileio import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -119,9 +119,7 @@ def _task_of(data: Path) -> str:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _machine(device: str) -> str:
