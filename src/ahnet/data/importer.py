@@ -9,7 +9,6 @@ and keeps ``numTraining`` right, after reading both files with the same checks a
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -19,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..fileio import atomic_write, atomic_write_text
 from .volume import load_volume
 
 _CASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -33,17 +33,14 @@ def _case_name(image: Path, case: str | None) -> str:
 
 def _copy_nifti(src: Path, dst: Path) -> None:
     """Copy as .nii.gz, through a temporary file so no half-written case is ever visible."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}.nii.gz")
-    try:
+
+    def write(tmp: str) -> None:
         if src.name.endswith(".nii.gz"):
             shutil.copyfile(src, tmp)
         else:
-            nib.save(nib.load(str(src)), str(tmp))
-        os.replace(tmp, dst)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"{dst}: cannot be written ({e})") from e
+            nib.save(nib.load(str(src)), tmp)
+
+    atomic_write(dst, write, suffix=".nii.gz")
 
 
 def add_case(dataset: str | Path, image: str | Path, label: str | Path | None = None, *, case: str | None = None,
@@ -92,7 +89,5 @@ def add_case(dataset: str | Path, image: str | Path, label: str | Path | None = 
         _copy_nifti(Path(label), root / "labelsTr" / f"{name}.nii.gz")
     meta["numTraining"] = sum(1 for p in (root / "imagesTr").iterdir()
                               if p.name.endswith("_0000.nii.gz") and not p.name.startswith("."))
-    tmp = meta_path.with_name(f".dataset.json.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, meta_path)
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     return name
