@@ -5,6 +5,7 @@ import torch
 
 from ahnet import ConfigError, InputShapeError
 from ahnet.models import MCGCN, ResNet
+from ahnet.models.mcgcn import GCN, StripConv2d
 from ahnet.summary import count_conv_layers, count_parameters
 
 
@@ -68,3 +69,40 @@ def test_bad_inputs_and_arguments_are_clear_errors():
         MCGCN(backbone="resnet18", gcn_kernels=(7, 7))
     with pytest.raises(ConfigError, match="unknown MC-GCN preset"):
         MCGCN(preset="fast")
+
+
+def _plain_reference(conv: StripConv2d) -> torch.nn.Conv2d:
+    ref = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
+    ref.load_state_dict(conv.state_dict())
+    return ref
+
+
+@pytest.mark.parametrize("kernel", [(63, 1), (1, 63), (31, 1), (7, 1), (1, 5)])
+@pytest.mark.parametrize("size", [1, 2, 9, 10, 16, 31, 32, 33, 70])
+def test_strip_convolution_equals_a_padded_conv2d_and_its_gradients(kernel, size):
+    # The sizes straddle where oneDNN's AVX-512 weight gradient broke (K >= 2n - 1, n >= 10) and
+    # where taps start to be dropped (n - 1 < K // 2); the reference runs without oneDNN.
+    conv = StripConv2d(6, 3, kernel)
+    ref = _plain_reference(conv)
+    x = torch.randn(2, 6, size, size + 3)
+    grad = torch.randn(2, 3, size, size + 3)
+    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    conv(x_ours).backward(grad)
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        out_ref = ref(x_ref)
+        out_ref.backward(grad)
+    finally:
+        torch.backends.mkldnn.enabled = enabled
+    for got, want in [(conv(x), out_ref), (x_ours.grad, x_ref.grad), (conv.weight.grad, ref.weight.grad),
+                      (conv.bias.grad, ref.bias.grad)]:
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_strip_convolution_keeps_conv2d_state_dict_keys():
+    gcn = GCN(64, 2, 63)
+    assert sorted(gcn.state_dict()) == sorted(f"conv_{b}.{p}" for b in ("l1", "l2", "r1", "r2") for p in ("weight", "bias"))
+    assert gcn.conv_l1.weight.shape == (2, 64, 63, 1) and gcn.conv_r1.weight.shape == (2, 64, 1, 63)
+    with pytest.raises(ConfigError, match="Kx1 or 1xK"):
+        StripConv2d(1, 1, (3, 3))

@@ -761,6 +761,7 @@ def test_sigint_finishes_the_step_saves_and_resume_is_exact(tmp_path, monkeypatc
                val_patches=1, device="cpu", augment=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    handler = signal.getsignal(signal.SIGINT)  # default_int_handler; SIG_IGN in a shell's background job
     try:
         Trainer(TrainConfig(data=str(data), out=str(tmp_path / "straight"), **cfg), progress=False).fit()
 
@@ -781,7 +782,7 @@ def test_sigint_finishes_the_step_saves_and_resume_is_exact(tmp_path, monkeypatc
                                     f"{tmp_path / 'run' / 'checkpoint_latest.pt'}; continue with --resume"]
         saved = load_checkpoint(tmp_path / "run" / "checkpoint_latest.pt", kind="train")
         assert (saved["epoch"], saved["iteration"]) == (1, 2)  # the step in progress was finished and kept
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+        assert signal.getsignal(signal.SIGINT) is handler  # handlers restored
 
         monkeypatch.setattr(PatchDataset, "__getitem__", real)
         result = Trainer(TrainConfig(data=str(data), out=str(tmp_path / "run"), workers=0, device="cpu"),
@@ -796,9 +797,11 @@ def test_sigint_finishes_the_step_saves_and_resume_is_exact(tmp_path, monkeypatc
 
 
 def test_a_second_signal_stops_at_once():
-    from ahnet.training.trainer import _StopSignals
+    from ahnet.training.stopping import StopSignals
 
-    with _StopSignals() as stop:
+    handler = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even in a background job
+    with StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)
         assert stop.signum == signal.SIGINT  # the first only asks to stop
@@ -806,6 +809,7 @@ def test_a_second_signal_stops_at_once():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signal.signal(signal.SIGINT, handler)
 
 
 def _predict_inputs(folder: Path, cases: int, shape=(48, 48, 12)) -> list[Path]:

@@ -41,6 +41,40 @@ from .resnet import TAP_NAMES, ResNet, load_torchvision_weights, stage_widths
 PathType = Union[str, "PathLike[str]"]
 
 
+class StripConv2d(nn.Conv2d):
+    """A Kx1 or 1xK convolution with "same" zero padding, as a GCN branch uses it.
+
+    The result (and every gradient) is that of ``nn.Conv2d(..., padding=K // 2)``, computed
+    differently for two reasons:
+
+    - the input is zero-padded explicitly and convolved without padding. oneDNN's AVX-512
+      weight-gradient kernel corrupts the heap or hangs when a convolution's own padding reaches
+      the far side of its map (K >= 2n - 1 on an n-pixel axis, n >= 10: K = 63 on the 16-32 pixel
+      conv1 map of a 32-64 pixel patch; ``docs/troubleshooting.md``). Without padding that kernel is
+      never asked for that case, on any CPU, and the explicit pad costs one copy of the input;
+    - taps that can only ever meet padding (more than ``n - 1`` from the centre) are dropped: their
+      products are zero, so are their gradients, and a small map skips most of a large kernel.
+
+    State-dict keys and shapes are those of ``nn.Conv2d``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int]):
+        if min(kernel_size) != 1 or any(k % 2 == 0 for k in kernel_size):
+            raise ConfigError(f"a strip convolution is Kx1 or 1xK with K odd, got {kernel_size}")
+        super().__init__(in_channels, out_channels, kernel_size, padding=tuple(k // 2 for k in kernel_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, pads = self.weight, []
+        for axis, pad in enumerate(self.padding):
+            size = x.shape[2 + axis]
+            unseen = max(0, pad - (size - 1))
+            if unseen:
+                weight = weight.narrow(2 + axis, unseen, weight.shape[2 + axis] - 2 * unseen)
+            pads.append(pad - unseen)
+        x = F.pad(x, (pads[1], pads[1], pads[0], pads[0]))
+        return F.conv2d(x, weight, self.bias)
+
+
 class GCN(nn.Module):
     """Global convolution: a KxK kernel as two branches, Kx1 then 1xK and 1xK then Kx1, summed."""
 
@@ -48,11 +82,11 @@ class GCN(nn.Module):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ConfigError(f"GCN kernel sizes must be odd and positive, got {kernel_size}")
-        k, p = kernel_size, kernel_size // 2
-        self.conv_l1 = nn.Conv2d(in_channels, out_channels, (k, 1), padding=(p, 0))
-        self.conv_l2 = nn.Conv2d(out_channels, out_channels, (1, k), padding=(0, p))
-        self.conv_r1 = nn.Conv2d(in_channels, out_channels, (1, k), padding=(0, p))
-        self.conv_r2 = nn.Conv2d(out_channels, out_channels, (k, 1), padding=(p, 0))
+        k = kernel_size
+        self.conv_l1 = StripConv2d(in_channels, out_channels, (k, 1))
+        self.conv_l2 = StripConv2d(out_channels, out_channels, (1, k))
+        self.conv_r1 = StripConv2d(in_channels, out_channels, (1, k))
+        self.conv_r2 = StripConv2d(out_channels, out_channels, (k, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_l2(self.conv_l1(x)) + self.conv_r2(self.conv_r1(x))

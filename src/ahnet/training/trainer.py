@@ -17,7 +17,6 @@ import json
 import math
 import os
 import signal
-import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from ..losses import LossSchedule
 from ..models.factory import build_model, model_meta, model_from_meta
 from .checkpoint import copy_checkpoint, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
+from .stopping import StopSignals
 
 ADAM_BETAS = (0.9, 0.999)  # §4
 ADAM_EPS = 1e-8
@@ -47,36 +47,6 @@ ADAM_EPS = 1e-8
 CURVE_INTERVAL_S = 30.0
 #: Files of a run folder, all written atomically (a kill leaves at most a stale temporary file).
 RUN_FILES = ("checkpoint_latest.pt", "checkpoint_best.pt", "config.json", "metrics.jsonl", "training_curve.png")
-
-
-class _StopSignals:
-    """While active, SIGINT and SIGTERM only set ``signum``: the trainer finishes its current step,
-    saves ``checkpoint_latest.pt`` and returns. A second signal restores the previous handler and
-    is delivered again, so it stops the process at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> "_StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:  # no printing here: it could re-enter a busy stderr
-        if self.signum is None:
-            self.signum = signum
-            return
-        self.__exit__()
-        signal.raise_signal(signum)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        self._previous = {}
 
 
 def _worker_init(worker_id: int) -> None:
@@ -228,7 +198,7 @@ class Trainer:
         self.best_metric = -math.inf
         self.epoch = 0  # next epoch to run
         self.history: list[dict[str, Any]] = []
-        self._stop: _StopSignals | None = None
+        self._stop: StopSignals | None = None
 
     # -- set-up -------------------------------------------------------------------------------
     def _amp(self) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
@@ -280,7 +250,7 @@ class Trainer:
         resuming = self._resume_from is not None
         had_checkpoint = (self.out / "checkpoint_latest.pt").exists()
         try:
-            with _StopSignals() as self._stop:
+            with StopSignals(self._describe_saved) as self._stop:
                 return self._fit()
         except AhnetError as err:
             clean = _unwrap_worker_error(err)
@@ -291,6 +261,17 @@ class Trainer:
             raise clean from None
         finally:
             self._stop = None
+
+    def _describe_saved(self) -> str:
+        """What a forced stop leaves behind (the watchdog's message; see :mod:`.stopping`)."""
+        latest = self.out / "checkpoint_latest.pt"
+        if not self.dist.main:
+            return ""
+        if not latest.exists():
+            return f"No checkpoint was written yet in {self.out}: nothing to resume; start the run again."
+        written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(latest.stat().st_mtime))
+        return (f"{latest} (written {written}) holds the run up to its last saved step; "
+                f"continue with --resume --out {self.out}.")
 
     def _remove_partial_run(self) -> None:
         """A run that failed before its first checkpoint leaves nothing behind."""
@@ -394,6 +375,8 @@ class Trainer:
             t = torch.tensor([float(flag)], device=self.dist.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             flag = bool(t.item() > 0)
+        if flag and self._stop is not None:
+            self._stop.acknowledge()
         return flag
 
     def _signal_name(self) -> str:
@@ -419,6 +402,7 @@ class Trainer:
                    total=start + len(loader), disable=not (self.progress and self.dist.main), leave=False,
                    dynamic_ncols=True)
         for batch in bar:
+            step_start = time.monotonic()
             image = batch["image"].to(device, non_blocking=True)
             target = batch["target"].to(device, non_blocking=True)
             autocast = torch.autocast(device.type, self.amp_dtype) if self.amp_dtype else nullcontext()
@@ -437,6 +421,8 @@ class Trainer:
                 optimizer.step()
             total += loss.item()
             count += 1
+            if self._stop is not None:
+                self._stop.note_step(time.monotonic() - step_start)
             bar.set_postfix(loss=f"{total / count:.4g}")
             if self._stop_requested():
                 bar.close()
