@@ -5,7 +5,8 @@ import torch
 
 from ahnet import ConfigError, InputShapeError
 from ahnet.models import MCGCN, ResNet
-from ahnet.models.mcgcn import GCN, StripConv2d
+from ahnet.models import StripConv2d
+from ahnet.models.mcgcn import GCN
 from ahnet.summary import count_conv_layers, count_parameters
 
 

@@ -2,7 +2,7 @@
 and the U-Net baselines. Tensors are ``(N, C, X, Y, Z)``, Z the thick-slice axis."""
 
 from .ahnet import AHNet
-from .mcgcn import MCGCN
+from .mcgcn import MCGCN, StripConv2d
 from .presets import AHNET_PRESETS, MCGCN_PRESETS, AHNetSpec, MCGCNSpec
 from .resnet import ResNet, load_torchvision_weights, resnet18, resnet34, resnet50
 from .transfer import transfer_2d_to_3d
@@ -16,6 +16,7 @@ __all__ = [
     "MCGCNSpec",
     "MCGCN_PRESETS",
     "ResNet",
+    "StripConv2d",
     "UNet2D",
     "UNet3D",
     "load_torchvision_weights",

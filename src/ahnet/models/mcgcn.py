@@ -44,18 +44,20 @@ PathType = Union[str, "PathLike[str]"]
 class StripConv2d(nn.Conv2d):
     """A Kx1 or 1xK convolution with "same" zero padding, as a GCN branch uses it.
 
-    The result (and every gradient) is that of ``nn.Conv2d(..., padding=K // 2)``, computed
-    differently for two reasons:
+    The result (and every gradient) is that of ``nn.Conv2d(..., padding=K // 2)``. Where the padding
+    reaches across half the map or more (``2 * (K // 2) >= n`` on the kernel's n-pixel axis), it is
+    computed differently, for two reasons:
 
     - the input is zero-padded explicitly and convolved without padding. oneDNN's AVX-512
       weight-gradient kernel corrupts the heap or hangs when a convolution's own padding reaches
-      the far side of its map (K >= 2n - 1 on an n-pixel axis, n >= 10: K = 63 on the 16-32 pixel
-      conv1 map of a 32-64 pixel patch; ``docs/troubleshooting.md``). Without padding that kernel is
-      never asked for that case, on any CPU, and the explicit pad costs one copy of the input;
+      the far side of its map (K >= 2n - 1 with n >= 10: K = 63 on the 16-32 pixel conv1 map of a
+      32-64 pixel patch; ``docs/troubleshooting.md``); the rule above keeps a factor of two from
+      that boundary and depends on shapes only, never on the CPU;
     - taps that can only ever meet padding (more than ``n - 1`` from the centre) are dropped: their
       products are zero, so are their gradients, and a small map skips most of a large kernel.
 
-    State-dict keys and shapes are those of ``nn.Conv2d``.
+    Smaller kernels keep oneDNN's own padding, which is faster on large maps (up to 2x measured,
+    ``benchmarks/RESULTS.md``). State-dict keys and shapes are those of ``nn.Conv2d``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int]):
@@ -64,9 +66,11 @@ class StripConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, padding=tuple(k // 2 for k in kernel_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = x.shape[2:]
+        if all(2 * pad < size for pad, size in zip(self.padding, sizes) if pad):
+            return super().forward(x)
         weight, pads = self.weight, []
-        for axis, pad in enumerate(self.padding):
-            size = x.shape[2 + axis]
+        for axis, (pad, size) in enumerate(zip(self.padding, sizes)):
             unseen = max(0, pad - (size - 1))
             if unseen:
                 weight = weight.narrow(2 + axis, unseen, weight.shape[2 + axis] - 2 * unseen)
