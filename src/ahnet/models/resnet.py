@@ -9,12 +9,14 @@ saved by torchvision (``torch.save(model.state_dict(), path)``) loads with
 from __future__ import annotations
 
 from os import PathLike
+from pathlib import Path
 from typing import Callable, Union
 
 import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError, ConfigError
+from ..torchfile import describe_payload, why_unreadable
 
 PathType = Union[str, "PathLike[str]"]
 
@@ -164,9 +166,10 @@ def load_torchvision_weights(model: ResNet, path: PathType) -> None:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file (expected a torchvision ResNet state_dict)") from None
     except Exception as err:  # torch raises many types for corrupt or non-tensor files
-        raise CheckpointError(f"{path}: not a readable PyTorch weight file ({err.__class__.__name__}: {err})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch weight file: {why_unreadable(Path(path), err)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a state_dict (a dict of tensors) as torchvision saves it")
+        raise CheckpointError(f"{path}: expected a state_dict (a dict of tensors) as torchvision saves it, "
+                              f"found {describe_payload(state)}")
     own = model.state_dict()
     if not hasattr(model, "fc"):
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}

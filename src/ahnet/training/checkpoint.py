@@ -18,6 +18,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..fileio import atomic_write
+from ..torchfile import bundle_note, describe_folder, describe_payload, why_unreadable
 
 FORMAT = "ahnet-checkpoint"
 
@@ -49,18 +50,19 @@ def copy_checkpoint(source: str | Path, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
-    """Read an ahnet checkpoint; ``kind`` (e.g. ``"train"``) must match if given."""
+    """Read an ahnet checkpoint; ``kind`` (e.g. ``"train"``) must match if given. Anything else is a
+    :class:`CheckpointError` that says what the file is instead."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: {describe_folder(path)}")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        why = " ".join(str(err).split())
-        why = why if len(why) <= 200 else why[:200] + " ..."
-        raise CheckpointError(f"{path}: not a readable ahnet checkpoint ({err.__class__.__name__}: {why})") from None
+        raise CheckpointError(f"{path}: not a readable ahnet checkpoint: {why_unreadable(path, err)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an ahnet checkpoint (a torchvision weight file goes to --pretrained)")
+        raise CheckpointError(f"{path}: not an ahnet checkpoint: {describe_payload(payload)}{bundle_note(path)}")
     if kind is not None and payload.get("kind") != kind:
         raise CheckpointError(f"{path}: a {payload.get('kind')!r} checkpoint, expected {kind!r}")
     missing = [k for k in _REQUIRED.get(payload.get("kind"), ()) if k not in payload]
