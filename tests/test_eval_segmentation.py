@@ -402,3 +402,40 @@ def test_real_chaos_published_dice(tmp_path):
         torch.from_numpy(pred[None, None]), torch.from_numpy(truth[None, None]))
     assert d == pytest.approx(float(ref), abs=1e-6)
     assert json.loads((tmp_path / "m.json").read_text())["cases"]["chaos"]["liver"] == d
+
+
+def _binary_dataset(root: Path) -> Path:
+    """A binary data set (labels background/liver only) with a prediction equal to the truth."""
+    (root / "labelsTr").mkdir(parents=True)
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
+    truth = np.zeros((8, 8, 4), np.uint8)
+    truth[2:6, 2:6, 1:3] = 1
+    for folder in ("labelsTr", "pred"):
+        write_nifti(root / folder / "case_000.nii.gz", truth, dtype=np.uint8)
+    return root
+
+
+def test_cli_scores_the_data_sets_own_classes_by_default(tmp_path, capsys):
+    from ahnet.cli import main
+
+    data = _binary_dataset(tmp_path / "Binary")
+    assert main(["evaluate", "seg", "--pred", str(data / "pred"), "--gt", str(data / "labelsTr")]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["dice_global"] == {"liver": 1.0}  # no 'lesion' the data set does not have
+    assert f"classes from {data / 'dataset.json'}: liver = [1]" in err
+    assert main(["evaluate", "seg", "--pred", str(data / "pred"), "--gt", str(data / "labelsTr"),
+                 "--classes", "lits"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["dice_global"]) == {"liver", "lesion"}
+
+
+def test_classes_are_never_guessed(tmp_path):
+    from ahnet.evaluation.segmentation import resolve_classes
+
+    data = _binary_dataset(tmp_path / "Binary")
+    assert resolve_classes(None, dataset=data) == ({"liver": (1,)}, str(data / "dataset.json"))
+    assert resolve_classes("LiTS")[0] == LITS_CLASSES
+    assert resolve_classes('{"organ": [1, 2]}')[0] == {"organ": (1, 2)}
+    with pytest.raises(ConfigError, match=r"No dataset.json at .*elsewhere.*--dataset.*--classes lits"):
+        resolve_classes(None, gt_dir=tmp_path / "elsewhere" / "labels")
+    with pytest.raises(ConfigError, match="neither 'lits' nor valid JSON"):
+        resolve_classes("{organ: [1]}")

@@ -556,7 +556,8 @@ def disk_full_while_writing_evaluation(env):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     env.monkeypatch.setattr(os, "fsync", full_disk)
-    return Case(["evaluate", "seg", "--pred", str(pred), "--gt", str(gt), "--json", str(out / "dice.json")],
+    return Case(["evaluate", "seg", "--pred", str(pred), "--gt", str(gt), "--classes", "lits", "--json",
+                 str(out / "dice.json")],
                 lambda: evaluate_segmentation(pred, gt, json_out=out / "dice.json", progress=False), OutputError,
                 r"dice\.json: cannot write: no space left on the device", ["dice.json"], out)
 
@@ -591,7 +592,8 @@ def unknown_case_in_detection_evaluation(env):
 def unknown_case_in_segmentation_evaluation(env):
     pred, gt = _seg_folders(env, pred_cases=("a", "b", "extra"))
     out = env.tmp / "eval"
-    return Case(["evaluate", "seg", "--pred", str(pred), "--gt", str(gt), "--json", str(out / "dice.json")],
+    return Case(["evaluate", "seg", "--pred", str(pred), "--gt", str(gt), "--classes", "lits", "--json",
+                 str(out / "dice.json")],
                 lambda: evaluate_segmentation(pred, gt, json_out=out / "dice.json", progress=False), DataError,
                 r"extra", ["extra"], out)
 

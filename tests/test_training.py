@@ -251,3 +251,19 @@ def test_without_validation_every_epoch_is_the_best(seg_data, tmp_path, capsys):
                  "--val-fraction", "0", "--device", "cpu"]) == 0
     assert load_checkpoint(out / "checkpoint_best.pt")["epoch"] == 2
     assert "no validation cases, checkpoint_best.pt is the last epoch" in capsys.readouterr().out
+
+
+def test_validation_dice_is_the_dice_evaluate_reports(seg_data, tmp_path):
+    # The best checkpoint is chosen by the metric `ahnet evaluate seg` reports: Dice global of the
+    # data set's classes (here over the validation patches), one definition for both.
+    from ahnet.evaluation.segmentation import classes_from_labels, evaluate_arrays
+
+    trainer = Trainer(tiny(seg_data, tmp_path / "run", model="3d-unet", patch=(16, 16, 4)), progress=False)
+    batches = trainer._validation_batches()
+    metric = trainer._validate(batches)
+    with torch.no_grad():
+        pairs = [(f"patch{i}", trainer.model(b["image"]).argmax(1).numpy(), b["target"].numpy())
+                 for i, b in enumerate(batches)]
+    reported = evaluate_arrays(pairs, classes_from_labels(trainer.info.labels)).dice_global
+    assert metric["val_dice"] == pytest.approx(reported) and set(reported) == {"liver", "lesion"}
+    assert metric["val_metric"] == pytest.approx(np.mean(list(reported.values())))

@@ -98,11 +98,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     if args.kind == "seg":
-        from .evaluation.segmentation import LITS_CLASSES, evaluate_segmentation
+        from .evaluation.segmentation import evaluate_segmentation, resolve_classes
 
-        classes = LITS_CLASSES
-        if args.classes:
-            classes = _classes(args.classes)
+        classes, source = resolve_classes(args.classes, args.dataset, args.gt)
+        print(f"classes from {source}: " + ", ".join(f"{k} = {list(v)}" for k, v in classes.items()), file=sys.stderr)
         result = evaluate_segmentation(args.pred, args.gt, json_out=args.json, csv_out=args.csv, classes=classes)
         print(json.dumps({"dice_global": result.dice_global, "dice_per_case": result.dice_per_case}, indent=2))
     else:
@@ -114,23 +113,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _classes(text: str) -> dict:
-    """--classes: JSON only (never evaluated as code)."""
-    try:
-        classes = json.loads(text)
-    except (ValueError, RecursionError) as err:
-        raise ConfigError(f"--classes is not valid JSON ({str(err)[:100]}); give an object such as "
-                          '{"liver": [1, 2], "lesion": [2]}') from None
-    if not isinstance(classes, dict):
-        raise ConfigError('--classes must be a JSON object such as {"liver": [1, 2], "lesion": [2]}')
-    return classes
-
-
 def _report(args: argparse.Namespace) -> int:
     from .report import detection_report, segmentation_report
 
     if args.kind == "seg":
-        classes = _classes(args.classes) if args.classes else None
+        from .evaluation.segmentation import resolve_classes
+
+        classes, _ = resolve_classes(args.classes, args.dataset, args.gt)
         out = segmentation_report(args.images, args.pred, args.gt, args.out, classes=classes, max_cases=args.max_cases)
     else:
         out = detection_report(args.pred, args.boxes, args.out, max_cases=args.max_cases)
@@ -367,12 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="Dice (seg) or FROC (det) of predictions")
     kinds = evaluate.add_subparsers(dest="kind", required=True, metavar="seg|det")
-    seg = kinds.add_parser("seg", help="Dice global and per case (LiTS convention by default)")
+    seg = kinds.add_parser("seg", help="Dice global and per case of the data set's classes")
     seg.add_argument("--pred", required=True, help="folder of predicted {case}.nii.gz")
     seg.add_argument("--gt", required=True, help="folder of ground-truth {case}.nii.gz")
     seg.add_argument("--json", help="write the result here")
     seg.add_argument("--csv", help="write per-case Dice here")
-    seg.add_argument("--classes", help='JSON {name: [label values]}; default {"liver": [1, 2], "lesion": [2]}')
+    seg.add_argument("--classes", help="'lits' (liver = labels 1+2, lesion = 2, as Table 5) or JSON {name: [label values]}; "
+                                       "default: the labels of the data set's dataset.json")
+    seg.add_argument("--dataset", help="the data set whose dataset.json names the classes (default: the folder "
+                                       "holding --gt)")
     det = kinds.add_parser("det", help="FROC: TPR at 0.01-0.25 (and 1, 2, 4) false positives per volume")
     det.add_argument("--pred", required=True, help="detections.csv from ahnet predict")
     det.add_argument("--boxes", required=True, help="boxes JSON (boxesTr.json format)")
@@ -386,7 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg_report.add_argument("--images", required=True, help="the images that were predicted")
     seg_report.add_argument("--pred", required=True, help="folder of predicted {case}.nii.gz")
     seg_report.add_argument("--gt", required=True, help="folder of ground-truth {case}.nii.gz")
-    seg_report.add_argument("--classes", help='JSON {name: [label values]}; default LiTS liver/lesion')
+    seg_report.add_argument("--classes", help="'lits' or JSON {name: [label values]}; default: the labels of the "
+                                              "data set's dataset.json")
+    seg_report.add_argument("--dataset", help="the data set whose dataset.json names the classes (default: the "
+                                              "folder holding --gt)")
     det_report = report_kinds.add_parser("det", help="FROC table and curve, heatmap MIPs per case")
     det_report.add_argument("--pred", required=True, help="ahnet predict output folder (detections.csv, heatmaps)")
     det_report.add_argument("--boxes", required=True, help="boxes JSON (boxesTr.json format)")

@@ -63,7 +63,7 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     if p.shape != t.shape:
         raise DataError(f"dice: pred shape {p.shape} differs from truth shape {t.shape}")
     inter = int(np.count_nonzero(p & t))
-    return _dice_from_counts(inter, int(np.count_nonzero(p)), int(np.count_nonzero(t)))
+    return dice_from_counts(inter, int(np.count_nonzero(p)), int(np.count_nonzero(t)))
 
 
 @dataclass
@@ -128,6 +128,45 @@ def classes_from_labels(labels: Mapping[str, object]) -> dict[str, tuple[int, ..
     return _check_classes(out)
 
 
+def resolve_classes(spec: str | Mapping[str, Sequence[int]] | None, dataset: str | Path | None = None,
+                    gt_dir: str | Path | None = None) -> tuple[dict[str, tuple[int, ...]], str]:
+    """The classes to score and where they came from, so that a data set is scored on its own classes.
+
+    ``spec``: ``"lits"`` (liver = labels 1 and 2, lesion = 2: Table 5's rule), a JSON object or a
+    mapping ``{name: [label values]}``, or ``None``: the ``labels`` of ``dataset``'s dataset.json,
+    else of the dataset.json beside ``gt_dir`` (``DATASET/labelsTr`` -> ``DATASET/dataset.json``).
+    Without any of these the call fails rather than guess: a class the data does not have would
+    score a perfect 1.0.
+    """
+    if isinstance(spec, str):
+        if spec.strip().lower() == "lits":
+            return dict(LITS_CLASSES), "the LiTS rule (--classes lits)"
+        try:
+            spec = json.loads(spec)
+        except (ValueError, RecursionError) as err:
+            raise ConfigError(f"--classes is neither 'lits' nor valid JSON ({str(err)[:100]}); give an object such "
+                              'as {"liver": [1, 2], "lesion": [2]}') from None
+        if not isinstance(spec, dict):
+            raise ConfigError('--classes must be \'lits\' or a JSON object such as {"liver": [1, 2], "lesion": [2]}')
+    if spec is not None:
+        return _check_classes(spec), "--classes"
+    candidates = [Path(dataset) / "dataset.json"] if dataset is not None else []
+    if gt_dir is not None:
+        candidates.append(Path(gt_dir).parent / "dataset.json")
+    for path in candidates:
+        if path.is_file():
+            try:
+                labels = json.loads(path.read_text()).get("labels")
+            except (ValueError, AttributeError, OSError) as err:
+                raise DataError(f"{path}: not a readable dataset.json ({type(err).__name__})") from None
+            if labels is None:
+                raise DataError(f"{path}: has no 'labels' to take the classes from; pass --classes")
+            return classes_from_labels(labels), str(path)
+    looked = ", ".join(str(p) for p in candidates) or "nowhere (no --dataset, no ground-truth folder)"
+    raise ConfigError(f"which classes to score? No dataset.json at {looked}: name the data set with --dataset, "
+                      "or the classes with --classes lits (liver = 1+2, lesion = 2) or --classes JSON")
+
+
 # ------------------------------------------------------------------------------------- folders
 
 def evaluate_segmentation(pred_dir, gt_dir, json_out=None, csv_out=None,
@@ -163,9 +202,25 @@ def evaluate_segmentation(pred_dir, gt_dir, json_out=None, csv_out=None,
 
 # ------------------------------------------------------------------------------------- helpers
 
-def _dice_from_counts(inter: int, n_pred: int, n_truth: int) -> float:
+def dice_from_counts(inter: int, n_pred: int, n_truth: int) -> float:
+    """Dice from ``|A∩B|``, ``|A|`` and ``|B|``; 1.0 when both masks are empty (module docstring).
+    The one definition of Dice in ahnet: evaluation, validation during training and reports."""
     denom = n_pred + n_truth
     return 1.0 if denom == 0 else 2.0 * inter / denom
+
+
+def class_counts(pred: np.ndarray, truth: np.ndarray,
+                 classes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, int, int]]:
+    """Per class, ``(|pred ∩ truth|, |pred|, |truth|)`` of two label maps (numpy or torch); Dice
+    global pools these over cases (or patches), Dice per case takes each case's own."""
+    def count(mask) -> int:
+        return int(np.count_nonzero(mask)) if isinstance(mask, np.ndarray) else int(mask.sum())
+
+    out = {}
+    for name, values in classes.items():
+        p, t = _class_mask(pred, values), _class_mask(truth, values)
+        out[name] = (count(p & t), count(p), count(t))
+    return out
 
 
 def _evaluate(pairs, classes: dict[str, tuple[int, ...]], *, validate: bool) -> SegmentationResult:
@@ -189,23 +244,17 @@ def _evaluate(pairs, classes: dict[str, tuple[int, ...]], *, validate: bool) -> 
                 raise DataError(f"case {case!r}: prediction shape {pred.shape} differs from "
                                 f"ground truth shape {truth.shape}")
         scores = {}
-        for name, values in classes.items():
-            p = _class_mask(pred, values)
-            t = _class_mask(truth, values)
-            inter, n_p, n_t = int(np.count_nonzero(p & t)), int(np.count_nonzero(p)), int(np.count_nonzero(t))
-            del p, t
-            tot = totals[name]
-            tot[0] += inter
-            tot[1] += n_p
-            tot[2] += n_t
-            scores[name] = _dice_from_counts(inter, n_p, n_t)
+        for name, counts in class_counts(pred, truth, classes).items():
+            for i, count in enumerate(counts):
+                totals[name][i] += count
+            scores[name] = dice_from_counts(*counts)
         per_case[case] = scores
         del pred, truth
     if not per_case:
         raise DataError("no cases to evaluate")
     n = len(per_case)
     return SegmentationResult(
-        dice_global={c: _dice_from_counts(*totals[c]) for c in classes},
+        dice_global={c: dice_from_counts(*totals[c]) for c in classes},
         dice_per_case={c: math.fsum(s[c] for s in per_case.values()) / n for c in classes},
         cases=per_case,
     )

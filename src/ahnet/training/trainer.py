@@ -446,18 +446,18 @@ class Trainer:
         self.model.eval()
         device = self.dist.device
         if self.info.task == "seg":
-            classes = self.info.num_classes
-            inter = torch.zeros(classes, dtype=torch.float64)
-            sizes = torch.zeros(classes, dtype=torch.float64)
+            # Dice global over the validation patches, of the data set's classes: the definition
+            # `ahnet evaluate seg` reports by default, so the best checkpoint is best by that metric.
+            from ..evaluation.segmentation import class_counts, classes_from_labels, dice_from_counts
+
+            classes = classes_from_labels(self.info.labels)
+            totals = {name: [0, 0, 0] for name in classes}
             for batch in batches:
                 pred = self.model(batch["image"].to(device)).argmax(1).cpu()
-                for c in range(1, classes):
-                    p, t = pred == c, batch["target"] == c
-                    inter[c] += (p & t).sum()
-                    sizes[c] += p.sum() + t.sum()
-            dice = [(2 * inter[c] / sizes[c]).item() if sizes[c] > 0 else 1.0 for c in range(1, classes)]
-            return {"val_metric": float(np.mean(dice)), "val_dice": {name: d for name, d in
-                                                                    zip(self._class_names()[1:], dice)}}
+                for name, counts in class_counts(pred, batch["target"], classes).items():
+                    totals[name] = [a + b for a, b in zip(totals[name], counts)]
+            dice = {name: dice_from_counts(*counts) for name, counts in totals.items()}
+            return {"val_metric": float(np.mean(list(dice.values()))), "val_dice": dice}
         # Detection: a positive patch is found when the response maximum lies inside a lesion's
         # Gaussian core (target >= exp(-2), the ellipsoid inscribed in its box at sigma = box / 4).
         hits = positives = 0
@@ -470,10 +470,6 @@ class Trainer:
                     hits += bool(t[p.argmax()] >= math.exp(-2))
         sensitivity = hits / positives if positives else 0.0
         return {"val_metric": sensitivity, "val_sensitivity": sensitivity}
-
-    def _class_names(self) -> list[str]:
-        by_value = {v: k for k, v in self.info.labels.items()}
-        return [by_value.get(i, str(i)) for i in range(self.info.num_classes)]
 
     # -- files ----------------------------------------------------------------------------------
     def _run_record(self) -> dict[str, Any]:
