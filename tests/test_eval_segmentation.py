@@ -147,12 +147,13 @@ def test_dice_global_and_per_case_differ_hand_worked():
     pa = np.zeros(16, np.uint8); pa[2:10] = 1
     tb = np.zeros(16, np.uint8); tb[0:2] = 1
     pb = np.zeros(16, np.uint8); pb[4:6] = 1
-    res = evaluate_arrays([("a", pa, ta), ("b", pb, tb)], {"fg": (1,)})
+    res = evaluate_arrays([("a", pa, ta), ("b", pb, tb)], {"fg": (1,)}, surface_tolerance_mm=None)
     assert res.cases == {"a": {"fg": 0.75}, "b": {"fg": 0.0}}
     assert res.dice_per_case == {"fg": 0.375}
     assert res.dice_global == {"fg": 0.6}
     assert res.to_dict() == {"dice_global": {"fg": 0.6}, "dice_per_case": {"fg": 0.375},
-                             "cases": {"a": {"fg": 0.75}, "b": {"fg": 0.0}}}
+                             "cases": {"a": {"fg": 0.75}, "b": {"fg": 0.0}},
+                             "counts": {"a": {"fg": {"tp": 6, "fp": 2, "fn": 2}}, "b": {"fg": {"tp": 0, "fp": 2, "fn": 2}}}}
 
 
 def test_lits_convention_lesion_predicted_as_liver():
@@ -227,6 +228,11 @@ def _write_case(folder, case, labels, ext=".nii.gz", **kw):
     return write_nifti(Path(folder) / f"{case}{ext}", labels, spacing=(0.8, 0.8, 2.5), dtype=np.uint8, **kw)
 
 
+def _with_spacing(cases, spacing=(0.8, 0.8, 2.5)):
+    """The cases as _write_case stores them: HD95 and surface Dice are in mm of that voxel size."""
+    return [(case, pred, truth, spacing) for case, pred, truth in cases]
+
+
 def _folders(tmp_path, n=3, seed=0):
     cases = _random_cases(n=n, shape=SHAPE, seed=seed)
     pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
@@ -246,12 +252,12 @@ def test_folder_evaluation_json_and_csv(tmp_path, capsys):
     res = evaluate_segmentation(pred_dir, gt_dir, json_out=out / "metrics.json", csv_out=out / "cases.csv",
                                 progress=False)
     assert capsys.readouterr().err == ""  # progress=False: no bar
-    ref = evaluate_arrays(cases)
+    ref = evaluate_arrays(_with_spacing(cases))
     assert isinstance(res, SegmentationResult)
     assert res.to_dict() == ref.to_dict()
 
     data = json.loads((out / "metrics.json").read_text())
-    assert list(data) == ["dice_global", "dice_per_case", "cases"]
+    assert list(data) == ["dice_global", "dice_per_case", "cases", "counts", "surface", "surface_tolerance_mm"]
     assert data == ref.to_dict()
     assert list(data["cases"]) == ["case_000", "case_001", "case_002"]
     assert set(data["dice_global"]) == {"liver", "lesion"}
@@ -336,7 +342,8 @@ def test_non_integer_labels(tmp_path):
         evaluate_segmentation(pred_dir, gt_dir, progress=False)
     # integral floats (e.g. labels saved as float32) are fine
     write_nifti(pred_dir / "case_000.nii.gz", cases[0][1].astype(np.float32), spacing=(0.8, 0.8, 2.5))
-    assert evaluate_segmentation(pred_dir, gt_dir, progress=False).to_dict() == evaluate_arrays(cases).to_dict()
+    assert (evaluate_segmentation(pred_dir, gt_dir, progress=False).to_dict()
+            == evaluate_arrays(_with_spacing(cases)).to_dict())
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
@@ -439,3 +446,19 @@ def test_classes_are_never_guessed(tmp_path):
         resolve_classes(None, gt_dir=tmp_path / "elsewhere" / "labels")
     with pytest.raises(ConfigError, match="neither 'lits' nor valid JSON"):
         resolve_classes("{organ: [1]}")
+
+
+def test_counts_hd95_and_surface_dice_beside_dice():
+    truth = np.zeros((20, 20, 6), np.uint8)
+    truth[5:15, 5:15, 1:5] = 1
+    shifted = np.roll(truth, 2, axis=0)  # 2 voxels of 0.5 mm: 1 mm off
+    res = evaluate_arrays([("a", shifted, truth, (0.5, 0.5, 3.0)), ("b", truth * 0, truth)], {"organ": (1,)},
+                          surface_tolerance_mm=1.5)
+    assert res.counts["a"]["organ"] == {"tp": 320, "fp": 80, "fn": 80}
+    assert res.counts["b"]["organ"] == {"tp": 0, "fp": 0, "fn": 400}
+    assert res.surface["a"]["organ"]["hd95_mm"] == pytest.approx(1.0)
+    assert res.surface["a"]["organ"]["surface_dice"] == pytest.approx(1.0)  # every point within 1.5 mm
+    assert res.surface["b"]["organ"] == {"hd95_mm": None, "surface_dice": None}  # undefined: nothing predicted
+    strict = evaluate_arrays([("a", shifted, truth, (0.5, 0.5, 3.0))], {"organ": (1,)}, surface_tolerance_mm=0.5)
+    assert strict.surface["a"]["organ"]["surface_dice"] < 1.0
+    assert json.loads(json.dumps(res.to_dict()))["surface_tolerance_mm"] == 1.5

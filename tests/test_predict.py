@@ -152,7 +152,8 @@ def test_predict_then_evaluate_from_the_cli(seg_run, det_run, tmp_path, capsys):
     assert main(["evaluate", "seg", "--pred", str(tmp_path / "seg"), "--gt", str(data / "labelsTr"),
                  "--json", str(tmp_path / "seg.json"), "--csv", str(tmp_path / "seg.csv")]) == 0
     result = json.loads((tmp_path / "seg.json").read_text())
-    assert set(result) == {"dice_global", "dice_per_case", "cases"} and set(result["cases"]) == {f"case{i}" for i in range(4)}
+    assert set(result) == {"dice_global", "dice_per_case", "cases", "counts", "surface", "surface_tolerance_mm"}
+    assert set(result["cases"]) == {f"case{i}" for i in range(4)} and result["surface_tolerance_mm"] == 2.0
     assert set(result["dice_global"]) == {"liver", "lesion"}
 
     data, checkpoint = det_run

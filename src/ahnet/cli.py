@@ -102,7 +102,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         classes, source = resolve_classes(args.classes, args.dataset, args.gt)
         print(f"classes from {source}: " + ", ".join(f"{k} = {list(v)}" for k, v in classes.items()), file=sys.stderr)
-        result = evaluate_segmentation(args.pred, args.gt, json_out=args.json, csv_out=args.csv, classes=classes)
+        result = evaluate_segmentation(args.pred, args.gt, json_out=args.json, csv_out=args.csv, classes=classes,
+                                       surface_tolerance_mm=None if args.no_surface else args.surface_tolerance_mm)
         print(json.dumps({"dice_global": result.dice_global, "dice_per_case": result.dice_per_case}, indent=2))
     else:
         from .evaluation.detection import evaluate_detection
@@ -249,6 +250,8 @@ def _add_train_arguments(p: argparse.ArgumentParser, dims: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .evaluation.segmentation import SURFACE_TOLERANCE_MM
+
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="ahnet", description="3D Anisotropic Hybrid Network (AH-Net) toolkit")
@@ -365,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "default: the labels of the data set's dataset.json")
     seg.add_argument("--dataset", help="the data set whose dataset.json names the classes (default: the folder "
                                        "holding --gt)")
+    seg.add_argument("--surface-tolerance-mm", type=float, default=SURFACE_TOLERANCE_MM, metavar="MM",
+                     help="surface Dice counts surface points this close to the other surface (default: %(default)s)")
+    seg.add_argument("--no-surface", action="store_true",
+                     help="skip HD95 and surface Dice (distance maps: slower than Dice on large volumes)")
     det = kinds.add_parser("det", help="FROC: TPR at 0.01-0.25 (and 1, 2, 4) false positives per volume")
     det.add_argument("--pred", required=True, help="detections.csv from ahnet predict")
     det.add_argument("--boxes", required=True, help="boxes JSON (boxesTr.json format)")

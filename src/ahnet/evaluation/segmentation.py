@@ -41,6 +41,9 @@ from ..fileio import atomic_write_text
 #: LiTS label convention (§4.2): 0 background, 1 liver, 2 lesion; "liver" is the whole organ.
 LITS_CLASSES: dict[str, tuple[int, ...]] = {"liver": (1, 2), "lesion": (2,)}
 
+#: Surface Dice counts surface points within this distance (mm) of the other surface as matched.
+SURFACE_TOLERANCE_MM = 2.0
+
 #: Largest absolute difference allowed between the prediction's and the truth's affine (mm).
 AFFINE_ATOL = 1e-3
 
@@ -68,31 +71,68 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 @dataclass
 class SegmentationResult:
-    """Dice Global and Dice per Case per class, plus every case's Dice (Table 5's DG and DPC)."""
+    """Dice Global and Dice per Case per class, plus every case's Dice (Table 5's DG and DPC), its
+    voxel counts and, unless switched off, its HD95 and surface Dice."""
 
     dice_global: dict[str, float]  # per class: all voxels of all cases pooled
     dice_per_case: dict[str, float]  # per class: mean over cases of the per-case Dice
     cases: dict[str, dict[str, float]] = field(default_factory=dict)  # case -> class -> Dice
+    counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # case -> class -> tp/fp/fn
+    surface: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)  # -> hd95_mm, surface_dice
+    surface_tolerance_mm: float | None = None
 
     def to_dict(self) -> dict:
-        """Plain JSON-ready dict ``{"dice_global", "dice_per_case", "cases"}``."""
-        return {
+        """Plain JSON-ready dict ``{"dice_global", "dice_per_case", "cases", "counts"}``, plus
+        ``"surface"`` and ``"surface_tolerance_mm"`` when surface metrics were computed."""
+        out = {
             "dice_global": dict(self.dice_global),
             "dice_per_case": dict(self.dice_per_case),
             "cases": {case: dict(d) for case, d in self.cases.items()},
+            "counts": {case: {c: dict(v) for c, v in d.items()} for case, d in self.counts.items()},
         }
+        if self.surface_tolerance_mm is not None:
+            out["surface"] = {case: {c: dict(v) for c, v in d.items()} for case, d in self.surface.items()}
+            out["surface_tolerance_mm"] = self.surface_tolerance_mm
+        return out
 
 
-def evaluate_arrays(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
-                    classes: Mapping[str, Sequence[int]] = LITS_CLASSES) -> SegmentationResult:
-    """DG and DPC (§4.2) of ``(case, prediction, truth)`` label maps, one class per ``classes`` entry.
+def evaluate_arrays(pairs: Iterable[tuple],
+                    classes: Mapping[str, Sequence[int]] = LITS_CLASSES,
+                    surface_tolerance_mm: float | None = SURFACE_TOLERANCE_MM) -> SegmentationResult:
+    """DG and DPC (§4.2) of ``(case, prediction, truth)`` label maps, one class per ``classes`` entry;
+    a fourth item, the voxel spacing in mm (default 1, 1, 1), scales HD95 and surface Dice.
 
     A class is the set of voxels whose label is one of its values (LiTS: liver = {1, 2}). Label
     maps must hold integers (bool or integral floats accepted) and have equal shapes; case names
     must be unique. ``pairs`` is consumed once, one pair at a time, so a generator that reads
-    cases lazily keeps memory flat.
+    cases lazily keeps memory flat. ``surface_tolerance_mm=None`` skips HD95 and surface Dice.
     """
-    return _evaluate(pairs, _check_classes(classes), validate=True)
+    return _evaluate(pairs, _check_classes(classes), validate=True, surface_tolerance_mm=surface_tolerance_mm)
+
+
+def surface_metrics(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float],
+                    tolerance_mm: float) -> dict[str, float | None]:
+    """HD95 (mm) and surface Dice at ``tolerance_mm`` of two binary masks, with MONAI's metrics.
+
+    Both are undefined (``None``) when either mask is empty, or not 2D or 3D. Computed on the masks'
+    common bounding box plus one voxel, which leaves every surface and every distance unchanged.
+    """
+    import torch
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    if pred.ndim not in (2, 3) or not pred.any() or not truth.any():
+        return {"hd95_mm": None, "surface_dice": None}
+    both = np.argwhere(pred | truth)
+    lo, hi = np.maximum(both.min(0) - 1, 0), both.max(0) + 2
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    p = torch.from_numpy(np.ascontiguousarray(pred[box]))[None, None].float()
+    t = torch.from_numpy(np.ascontiguousarray(truth[box]))[None, None].float()
+    spacing = [float(s) for s in spacing]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hd95 = compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=spacing)
+        nsd = compute_surface_dice(p, t, [float(tolerance_mm)], include_background=True, spacing=spacing)
+    return {"hd95_mm": float(hd95.item()), "surface_dice": float(nsd.item())}
 
 
 def classes_from_labels(labels: Mapping[str, object]) -> dict[str, tuple[int, ...]]:
@@ -171,13 +211,15 @@ def resolve_classes(spec: str | Mapping[str, Sequence[int]] | None, dataset: str
 
 def evaluate_segmentation(pred_dir, gt_dir, json_out=None, csv_out=None,
                           classes: Mapping[str, Sequence[int]] = LITS_CLASSES,
-                          progress: bool = True) -> SegmentationResult:
+                          progress: bool = True,
+                          surface_tolerance_mm: float | None = SURFACE_TOLERANCE_MM) -> SegmentationResult:
     """DG and DPC (§4.2, Table 5) of the predictions in ``pred_dir`` against the labels in ``gt_dir``.
 
     Files pair by case name: ``{case}.nii.gz`` (or ``.nii``) in both folders, nnU-Net labelsTr style;
     other files are ignored. Every case must be in both folders, and each prediction must have
     its truth's shape and affine (within 1e-3), since Dice is counted voxel for voxel on the file
-    grid. Cases are read one at a time. ``json_out`` gets :meth:`SegmentationResult.to_dict`
+    grid; HD95 and surface Dice are in mm of the truth's voxel size. Cases are read one at a time.
+    ``json_out`` gets :meth:`SegmentationResult.to_dict`
     (indent 2), ``csv_out`` one row per case (``case,<class>,...``); both are written atomically.
     """
     cls = _check_classes(classes)
@@ -191,7 +233,8 @@ def evaluate_segmentation(pred_dir, gt_dir, json_out=None, csv_out=None,
     _check_pairing(pred_files, gt_files, pred_dir, gt_dir)
 
     cases = sorted(gt_files)
-    result = _evaluate(_read_pairs(cases, pred_files, gt_files, progress), cls, validate=False)
+    result = _evaluate(_read_pairs(cases, pred_files, gt_files, progress), cls, validate=False,
+                       surface_tolerance_mm=surface_tolerance_mm)
 
     if json_path is not None:
         atomic_write_text(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
@@ -223,14 +266,20 @@ def class_counts(pred: np.ndarray, truth: np.ndarray,
     return out
 
 
-def _evaluate(pairs, classes: dict[str, tuple[int, ...]], *, validate: bool) -> SegmentationResult:
+def _evaluate(pairs, classes: dict[str, tuple[int, ...]], *, validate: bool,
+              surface_tolerance_mm: float | None = SURFACE_TOLERANCE_MM) -> SegmentationResult:
     totals = {c: [0, 0, 0] for c in classes}  # intersection, |pred|, |truth| pooled over cases
     per_case: dict[str, dict[str, float]] = {}
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    surface: dict[str, dict[str, dict[str, float | None]]] = {}
     for item in pairs:
         try:
-            case, pred, truth = item
+            case, pred, truth, *rest = item
+            spacing = tuple(rest[0]) if rest else (1.0,) * np.ndim(pred)
+            if len(rest) > 1:
+                raise ValueError
         except (TypeError, ValueError):
-            raise DataError("evaluate_arrays: each item must be a (case, prediction, truth) triple, "
+            raise DataError("evaluate_arrays: each item must be a (case, prediction, truth[, spacing]) tuple, "
                             f"got {type(item).__name__}") from None
         del item  # hold no reference to a case once it is counted: memory stays flat
         if not isinstance(case, str) or not case:
@@ -243,12 +292,18 @@ def _evaluate(pairs, classes: dict[str, tuple[int, ...]], *, validate: bool) -> 
             if pred.shape != truth.shape:
                 raise DataError(f"case {case!r}: prediction shape {pred.shape} differs from "
                                 f"ground truth shape {truth.shape}")
-        scores = {}
-        for name, counts in class_counts(pred, truth, classes).items():
-            for i, count in enumerate(counts):
+        scores, case_counts, case_surface = {}, {}, {}
+        for name, (inter, n_pred, n_truth) in class_counts(pred, truth, classes).items():
+            for i, count in enumerate((inter, n_pred, n_truth)):
                 totals[name][i] += count
-            scores[name] = dice_from_counts(*counts)
-        per_case[case] = scores
+            scores[name] = dice_from_counts(inter, n_pred, n_truth)
+            case_counts[name] = {"tp": inter, "fp": n_pred - inter, "fn": n_truth - inter}
+            if surface_tolerance_mm is not None:
+                case_surface[name] = surface_metrics(_class_mask(pred, classes[name]),
+                                                     _class_mask(truth, classes[name]), spacing, surface_tolerance_mm)
+        per_case[case], counts[case] = scores, case_counts
+        if surface_tolerance_mm is not None:
+            surface[case] = case_surface
         del pred, truth
     if not per_case:
         raise DataError("no cases to evaluate")
@@ -256,7 +311,7 @@ def _evaluate(pairs, classes: dict[str, tuple[int, ...]], *, validate: bool) -> 
     return SegmentationResult(
         dice_global={c: dice_from_counts(*totals[c]) for c in classes},
         dice_per_case={c: math.fsum(s[c] for s in per_case.values()) / n for c in classes},
-        cases=per_case,
+        cases=per_case, counts=counts, surface=surface, surface_tolerance_mm=surface_tolerance_mm,
     )
 
 
@@ -401,7 +456,7 @@ def _read_pairs(cases, pred_files, gt_files, progress: bool) -> Iterator[tuple[s
                                 f"{gt_files[case]} have different affines (max abs difference {worst:.4g} "
                                 f"> {AFFINE_ATOL}); the prediction must lie on the truth's voxel grid\n"
                                 f"prediction affine:\n{pred_affine}\nground truth affine:\n{gt_affine}")
-            yield case, pred, truth
+            yield case, pred, truth, tuple(np.linalg.norm(gt_affine[:3, :3], axis=0))
             del pred, truth
             bar.update(1)
 
