@@ -267,3 +267,45 @@ def test_validation_dice_is_the_dice_evaluate_reports(seg_data, tmp_path):
     reported = evaluate_arrays(pairs, classes_from_labels(trainer.info.labels)).dice_global
     assert metric["val_dice"] == pytest.approx(reported) and set(reported) == {"liver", "lesion"}
     assert metric["val_metric"] == pytest.approx(np.mean(list(reported.values())))
+
+
+def test_console_has_one_line_per_epoch_and_no_bar_off_a_terminal(seg_data, tmp_path, capsys):
+    Trainer(tiny(seg_data, tmp_path / "run", model="3d-unet", patch=(16, 16, 4)), progress=True).fit()
+    out, err = capsys.readouterr()
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2 joint (cross-entropy loss)",
+                                                         "epoch 2/2 joint (cross-entropy loss)"]
+    assert all("train loss" in line and "val dice" in line and "(best" in line and "ETA" in line for line in lines)
+    assert lines[-1].endswith("ETA 0s")
+    assert "it/s" not in err and "\r" not in err  # captured output is no terminal: no progress bar
+
+
+def test_tensorboard_scalars_or_a_clear_error(seg_data, tmp_path, monkeypatch):
+    import types
+
+    written = []
+
+    class FakeWriter:  # stands in for torch.utils.tensorboard.SummaryWriter (tensorboard is optional)
+        def __init__(self, folder):
+            written.append(("folder", folder))
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            written.append(("closed", None))
+
+    config = tiny(seg_data, tmp_path / "run", model="3d-unet", patch=(16, 16, 4), tensorboard=True)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    Trainer(config, progress=False).fit()
+    assert written[0] == ("folder", str(tmp_path / "run" / "tensorboard")) and written[-1] == ("closed", None)
+    assert {("train/loss", 1), ("train/loss", 2), ("val/metric", 2), ("val/dice/lesion", 2)} <= set(written)
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    with pytest.raises(ConfigError, match="--tensorboard needs the tensorboard package: pip install tensorboard"):
+        Trainer(tiny(seg_data, tmp_path / "run2", model="3d-unet", patch=(16, 16, 4), tensorboard=True),
+                progress=False).fit()
+    assert not (tmp_path / "run2").exists()  # nothing left of the failed run

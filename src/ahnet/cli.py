@@ -226,6 +226,8 @@ def _add_train_arguments(p: argparse.ArgumentParser, dims: int) -> None:
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
                    help="mixed precision on CUDA (auto: bf16 where supported)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write each epoch's losses and metrics to OUT/tensorboard (pip install tensorboard)")
     p.add_argument("--positive-ratio", type=float, default=0.7, help="share of patches on lesions (§4.1)")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     p.add_argument("--val-fraction", type=float, default=0.2)

@@ -52,6 +52,8 @@ class TrainConfig:
     init: str | None = None
     #: structure overrides of the preset (``AHNetSpec`` / ``MCGCNSpec`` fields), e.g. for ablations
     options: dict[str, Any] | None = None
+    #: also write each epoch's scalars to RUN/tensorboard (needs the tensorboard package)
+    tensorboard: bool = False
 
     def __post_init__(self):
         self.patch = tuple(int(p) for p in self.patch)

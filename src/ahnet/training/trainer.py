@@ -17,6 +17,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -65,6 +66,14 @@ def _release_workers(loader: DataLoader) -> None:
     if iterator is not None and hasattr(iterator, "_shutdown_workers"):
         iterator._shutdown_workers()
     loader._iterator = None
+
+
+def _duration(seconds: float) -> str:
+    """``1h02m``, ``3m20s`` or ``12s``: an ETA a person reads at a glance."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _unwrap_worker_error(err: AhnetError) -> AhnetError:
@@ -199,6 +208,7 @@ class Trainer:
         self.epoch = 0  # next epoch to run
         self.history: list[dict[str, Any]] = []
         self._stop: StopSignals | None = None
+        self._tensorboard = None
 
     # -- set-up -------------------------------------------------------------------------------
     def _amp(self) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
@@ -299,10 +309,13 @@ class Trainer:
                             drop_last=True, pin_memory=d.device.type == "cuda",
                             persistent_workers=config.workers > 0,
                             worker_init_fn=_worker_init if config.workers > 0 else None)
+        self._open_tensorboard()
         try:
             return self._run_epochs(loader, sampler)
         finally:
             _release_workers(loader)
+            if self._tensorboard is not None:
+                self._tensorboard.close()
 
     def _run_epochs(self, loader: DataLoader, sampler: EpochSampler) -> dict[str, Any]:
         config, d = self.config, self.dist
@@ -349,6 +362,7 @@ class Trainer:
                 record.update(metric)
                 record["time_s"] = round(time.time() - start, 3)
                 self.history.append(record)
+                self._report_epoch(record, total)
                 # A tie goes to the later, longer-trained epoch (a detection metric often stays 0
                 # for the first epochs: the best must not stay the first one).
                 value = metric.get("val_metric")  # None without validation cases
@@ -367,6 +381,45 @@ class Trainer:
             self._draw_curve()
         return {"epochs": self.epoch, "best_metric": self.best_metric, "history": self.history,
                 "interrupted": interrupted}
+
+    def _report_epoch(self, record: dict[str, Any], total: int) -> None:
+        """One line per epoch that stays on screen and in logs (bars are for terminals only), and
+        the same scalars in TensorBoard when asked for."""
+        done = [h["time_s"] for h in self.history[-5:]]
+        eta = (total - record["epoch"] - 1) * sum(done) / len(done)
+        value = record.get("val_metric")
+        best = max((h.get("val_metric") for h in self.history if h.get("val_metric") is not None), default=None)
+        if value is None:
+            validation = "no validation"
+        else:
+            name = "val dice" if self.info.task == "seg" else "val sensitivity"
+            best_epoch = max(h["epoch"] for h in self.history if h.get("val_metric") == best)
+            validation = f"{name} {value:.4f} (best {best:.4f}, epoch {best_epoch + 1})"
+        if self.progress:
+            loss = {"ce": "cross-entropy", "l2": "L2"}.get(self.loss.base, self.loss.base)
+            loss = "focal" if record["loss_phase"] == "focal" else loss
+            print(f"epoch {record['epoch'] + 1}/{total} {record['stage']} ({loss} loss): "
+                  f"train loss {record['train_loss']:.4g}, {validation}, {record['time_s']:.1f} s, "
+                  f"ETA {_duration(eta)}", flush=True)
+        if self._tensorboard is not None:
+            step = record["epoch"] + 1
+            self._tensorboard.add_scalar("train/loss", record["train_loss"], step)
+            if value is not None:
+                self._tensorboard.add_scalar("val/metric", value, step)
+            for cls, dice in (record.get("val_dice") or {}).items():
+                self._tensorboard.add_scalar(f"val/dice/{cls}", dice, step)
+            self._tensorboard.add_scalar("time/epoch_s", record["time_s"], step)
+            self._tensorboard.flush()
+
+    def _open_tensorboard(self) -> None:
+        self._tensorboard = None
+        if not (self.config.tensorboard and self.dist.main):
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        self._tensorboard = SummaryWriter(str(self.out / "tensorboard"))
 
     def _stop_requested(self) -> bool:
         """Whether SIGINT / SIGTERM arrived (on any rank: all ranks stop at the same step)."""
@@ -399,7 +452,8 @@ class Trainer:
         device = self.dist.device
         self._train_mode(stage)
         bar = tqdm(loader, desc=f"epoch {self.epoch} {stage.name} ({self.loss.phase} loss)", initial=start,
-                   total=start + len(loader), disable=not (self.progress and self.dist.main), leave=False,
+                   total=start + len(loader), leave=False,
+                   disable=not (self.progress and self.dist.main and sys.stderr.isatty()),
                    dynamic_ncols=True)
         for batch in bar:
             step_start = time.monotonic()
