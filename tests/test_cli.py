@@ -45,3 +45,24 @@ def test_verify_reports_problems_with_exit_code(tmp_path, capsys):
     next((root / "labelsTr").iterdir()).unlink()
     assert main(["verify", str(root), "--quiet"]) == 1
     assert "label" in capsys.readouterr().out
+
+
+def _options(parser, name="ahnet"):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _options(sub, f"{name} {sub_name}")
+        elif not isinstance(action, argparse._HelpAction):
+            yield name, action
+
+
+def test_every_flag_has_help_and_shows_its_default():
+    from ahnet.cli import build_parser
+
+    options = list(_options(build_parser()))
+    assert [(cmd, a.dest) for cmd, a in options if not a.help] == []
+    train3d = build_parser()._subparsers._group_actions[0].choices["train3d"].format_help()
+    assert "(default: 100)" in " ".join(train3d.split())  # --iters-per-epoch
+    assert "(default: 0.7)" in " ".join(train3d.split())  # --positive-ratio

@@ -309,3 +309,30 @@ def test_tensorboard_scalars_or_a_clear_error(seg_data, tmp_path, monkeypatch):
         Trainer(tiny(seg_data, tmp_path / "run2", model="3d-unet", patch=(16, 16, 4), tensorboard=True),
                 progress=False).fit()
     assert not (tmp_path / "run2").exists()  # nothing left of the failed run
+
+
+def test_resume_applies_more_epochs_refuses_other_changes_and_config_replays_a_run(seg_data, tmp_path, capsys):
+    run, replay = tmp_path / "run", tmp_path / "replay"
+    common = ["--model", "3d-unet", "--patch", "16x16x4", "--iters-per-epoch", "2", "--workers", "0",
+              "--device", "cpu", "--val-patches", "1"]
+    assert main(["train3d", "--data", str(seg_data), "--out", str(run), *common, "--epochs", "1", "--lr", "0.002"]) == 0
+    capsys.readouterr()
+
+    assert main(["train3d", "--out", str(run), "--resume", "--lr", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot change --lr 0.5 (the run has 0.002)" in err and "--config" in err
+    assert main(["train3d", "--out", str(run), "--resume", "--epochs", "0"]) == 2
+    assert "already trained 1 epoch(s)" in capsys.readouterr().err
+    # the same settings again are no change; more epochs continue the run
+    assert main(["train3d", "--out", str(run), "--resume", "--epochs", "2", "--lr", "0.002",
+                 "--data", str(seg_data), "--workers", "0"]) == 0
+    assert load_checkpoint(run / "checkpoint_latest.pt")["epoch"] == 2
+    assert json.loads((run / "config.json").read_text())["config"]["epochs"] == 2
+
+    assert main(["train3d", "--config", str(run / "config.json"), "--out", str(replay), "--epochs", "1"]) == 0
+    a = json.loads((run / "config.json").read_text())["config"]
+    b = json.loads((replay / "config.json").read_text())["config"]
+    assert {k for k in a if a[k] != b[k]} == {"out", "epochs"} and b["lr"] == 0.002
+    capsys.readouterr()
+    assert main(["train3d", "--config", str(run / "metrics.jsonl"), "--out", str(tmp_path / "x")]) == 2
+    assert "not a readable JSON configuration" in capsys.readouterr().err

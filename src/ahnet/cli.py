@@ -42,13 +42,19 @@ def _verify(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, Trainer
 
+    given = {k: getattr(args, k) for k in args.given if k in TrainConfig.__dataclass_fields__ and k != "out"}
     if args.resume:
+        if args.config:
+            raise ConfigError("--resume continues the run in --out with its own configuration; --config starts a "
+                              "new run from a saved one")
         config = TrainConfig(data=args.data or "", out=args.out, device=args.device, workers=args.workers,
                              model=args.model)
     else:
-        if not args.data:
-            raise ConfigError("--data is required (an nnU-Net-format data set folder)")
         fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+        if args.config:  # a saved run's settings, then whatever this command line gives
+            fields = {**_saved_config(args.config), **given, "out": args.out}
+        if not fields.get("data"):
+            raise ConfigError("--data is required (an nnU-Net-format data set folder)")
         if args.command == "train3d" and args.stage1_epochs is None:
             fields["stage1_epochs"] = args.epochs if args.init else 0
         if args.command == "train3d" and args.init:  # the transferred network decides what is not given
@@ -58,7 +64,7 @@ def _train(args: argparse.Namespace) -> int:
             for key in ("backbone", "preset"):
                 fields.setdefault(key, meta[key])
         config = TrainConfig(**fields)
-    result = Trainer(config, resume=args.resume).fit()
+    result = Trainer(config, resume=args.resume, changes=given if args.resume else None).fit()
     if result.get("interrupted"):
         import signal
 
@@ -196,6 +202,23 @@ def _size(text: str) -> tuple[int, ...]:
     return size
 
 
+def _saved_config(path: str) -> dict:
+    """The training settings of a run's config.json (or of a plain JSON object of them)."""
+    from .training import TrainConfig
+
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: not a readable JSON configuration ({type(err).__name__})") from None
+    saved = saved.get("config", saved) if isinstance(saved, dict) else saved
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path}: expected a JSON object of training settings (a run's config.json)")
+    unknown = sorted(set(saved) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"{path}: unknown training settings {unknown}")
+    return TrainConfig.from_dict(saved).to_dict()
+
+
 def _window(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(s) for s in text.split(","))
@@ -208,33 +231,38 @@ def _add_train_arguments(p: argparse.ArgumentParser, dims: int) -> None:
     models = ("mc-gcn", "2d-unet") if dims == 2 else ("ahnet", "3d-unet")
     p.add_argument("--data", help="data set folder (nnU-Net v2 raw format, + boxesTr.json for detection)")
     p.add_argument("--out", required=True, help="run folder: config.json, checkpoints, metrics, curve")
-    p.add_argument("--model", choices=models, default=models[0])
+    p.add_argument("--model", choices=models, default=models[0], help="the network to train")
     p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50"),
                    help="ResNet encoder (default resnet50, or that of the --init checkpoint)")
     p.add_argument("--preset", choices=("paper", "released"),
                    help="network preset (default paper, or that of the --init checkpoint)")
     p.add_argument("--patch", type=_size, default=(128, 128, 3) if dims == 2 else (96, 96, 32),
                    help="patch size XxY (2D) or XxYxZ (3D); paper: 512x512, 256x256x32 DBT, 192x192x64 CT")
-    p.add_argument("--batch-size", type=int, default=8 if dims == 2 else 2)
+    p.add_argument("--batch-size", type=int, default=8 if dims == 2 else 2, help="patches per step")
     p.add_argument("--epochs", type=int, default=10,
                    help="epochs with all parameters trained" + ("" if dims == 2 else " (stage 2)"))
-    p.add_argument("--iters-per-epoch", type=int, default=100)
+    p.add_argument("--iters-per-epoch", type=int, default=100, help="training steps per epoch")
     p.add_argument("--lr", type=float, default=5e-4 if dims == 2 else 1e-3, help="Adam learning rate (§4)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the split, the sampling and the weights")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers sampling patches")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
                    help="mixed precision on CUDA (auto: bf16 where supported)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (--epochs, --device, --workers and "
+                        "--tensorboard may change; any other setting given must equal the run's)")
+    p.add_argument("--config", metavar="JSON", help="start from the settings of a run's config.json; options given "
+                                                     "here override them")
     p.add_argument("--tensorboard", action="store_true", default=None,
                    help="also write each epoch's losses and metrics to OUT/tensorboard (pip install tensorboard)")
     p.add_argument("--positive-ratio", type=float, default=0.7, help="share of patches on lesions (§4.1)")
-    p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
-    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                   help="no augmentation (default: the paper's flips, rotations and intensity changes)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of the cases held out for validation")
     p.add_argument("--val-patches", type=int, default=4, help="fixed validation patches per held-out case")
     p.add_argument("--no-focal", dest="focal", action="store_false", default=None,
                    help="never switch to the focal loss")
-    p.add_argument("--focal-gamma", type=float, default=2.0)
+    p.add_argument("--focal-gamma", type=float, default=2.0, help="gamma of the focal loss (Lin et al.; Eq. 4)")
     p.add_argument("--focal-d-max", type=float, default=1.0, help="D_max of Eq. 4 (heatmap regression)")
     p.add_argument("--switch-patience", type=int, default=3,
                    help="switch to the focal loss after this many epochs without improvement")
@@ -249,6 +277,17 @@ def _add_train_arguments(p: argparse.ArgumentParser, dims: int) -> None:
         p.add_argument("--init", help="transferred AH-Net checkpoint from `ahnet transfer`")
         p.add_argument("--stage1-epochs", type=int,
                        help="epochs with the transferred encoder frozen (§3.4; default: --epochs with --init)")
+
+
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it says it already or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and "default" not in text and action.default not in (None, False)
+                and action.default is not argparse.SUPPRESS and action.nargs != 0):
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,32 +317,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the whole method on built-in synthetic data (about 13 min on a 2-core CPU)")
     demo.add_argument("--out", default="ahnet-demo", help="output folder (default ./ahnet-demo)")
-    demo.add_argument("--task", choices=("seg", "det", "both"), default="both")
+    demo.add_argument("--task", choices=("seg", "det", "both"), default="both",
+                      help="CT-like segmentation, DBT-like detection, or both")
     demo.add_argument("--scale", choices=("cpu", "gpu", "tiny"), default="cpu",
                       help="cpu: about 13 min on 2 cores (default); gpu: larger data and networks; tiny: a smoke test")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seeds the phantoms and the training")
     demo.add_argument("--workers", type=int, default=2, help="DataLoader workers sampling patches")
     demo.set_defaults(run=_demo)
 
     experiment = commands.add_parser("experiment", help="rerun a comparison of the paper (table4, table5, "
                                      "ablations; Table 3 is `ahnet bench`)")
-    experiment.add_argument("name", choices=("table4", "table5", "ablations"))
+    experiment.add_argument("name", choices=("table4", "table5", "ablations"), help="which comparison")
     experiment.add_argument("--out", required=True, help="output folder (rerunning it skips finished networks)")
     experiment.add_argument("--data", help="training data set (default: built-in phantoms)")
     experiment.add_argument("--test", help="held-out data set with labels or boxes (with --data)")
     experiment.add_argument("--task", choices=("seg", "det"), help="phantom task of the ablations (default seg)")
-    experiment.add_argument("--scale", choices=("cpu", "gpu", "tiny"), default="cpu")
+    experiment.add_argument("--scale", choices=("cpu", "gpu", "tiny"), default="cpu",
+                            help="data and training sizes (as for ahnet demo)")
     experiment.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    experiment.add_argument("--seed", type=int, default=0)
+    experiment.add_argument("--seed", type=int, default=0, help="seeds the phantoms and the training")
     experiment.add_argument("--workers", type=int, default=2, help="DataLoader workers sampling patches")
     experiment.set_defaults(run=_experiment)
 
     synth = commands.add_parser("synth", help="write a synthetic anisotropic data set (CT-like or DBT-like)")
     synth.add_argument("kind", choices=("seg", "det"), help="seg: CT-like liver/lesion; det: DBT-like boxes")
     synth.add_argument("--out", required=True, help="data set folder to write")
-    synth.add_argument("--cases", type=int, default=8)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--cases", type=int, default=8, help="how many cases to write")
+    synth.add_argument("--seed", type=int, default=0, help="seeds the phantoms")
     synth.add_argument("--shape", type=_size, help="array size XxYxZ (Z = slices); default 128x128x32 (seg), "
                        "128x128x40 (det)")
     synth.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -333,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     transfer = commands.add_parser("transfer", help="MC-GCN checkpoint to AH-Net checkpoint (Eq. 1-3)")
     transfer.add_argument("checkpoint", help="an mc-gcn checkpoint from train2d")
     transfer.add_argument("--out", required=True, help="the AH-Net checkpoint to write")
-    transfer.add_argument("--preset", choices=("paper", "released"), default="paper")
+    transfer.add_argument("--preset", choices=("paper", "released"), default="paper",
+                          help="the AH-Net preset to transfer into (docs/presets.md)")
     transfer.set_defaults(run=_transfer)
 
     train3d = commands.add_parser("train3d", help="train AH-Net (two stages) or the 3D U-Net on 3D patches")
@@ -398,11 +440,32 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", required=True, help="the HTML file to write")
         sub.add_argument("--max-cases", type=int, default=12, help="cases with pictures")
     report.set_defaults(run=_report)
+    _set_formatter(parser)
     return parser
+
+
+def _given_options(argv: list[str] | None, command: str) -> set[str]:
+    """The options the user actually typed (argparse fills in every default), so that --resume
+    and --config can tell a changed setting from a default."""
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        action.default = argparse.SUPPRESS
+    sub._defaults.clear()
+    return set(vars(parser.parse_args(argv))) - {"command"}
+
+
+def _set_formatter(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _HelpWithDefaults
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _set_formatter(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.given = _given_options(argv, args.command)
     try:
         return args.run(args)
     except AhnetError as err:

@@ -88,6 +88,34 @@ def _unwrap_worker_error(err: AhnetError) -> AhnetError:
     return cls(text[i + len(marker):].strip()) if i >= 0 else err
 
 
+#: Settings a resumed run may change: where it runs, its logging, and how long its last stage lasts.
+RESUME_CHANGES = ("device", "workers", "tensorboard", "epochs")
+
+
+def resumed_config(saved: dict[str, Any], changes: dict[str, Any]) -> TrainConfig:
+    """A saved run's configuration with ``changes`` applied where that is sound: ``epochs`` may grow
+    (the last stage goes on) but not below what is done; any other setting must equal the run's,
+    since the checkpoint, the split and the schedule were made with it. Never silently ignored."""
+    config = saved["config"]
+    refused = [f"--{k.replace('_', '-')} {v!r} (the run has {config.get(k)!r})" for k, v in changes.items()
+               if k not in RESUME_CHANGES and _normalised(k, v) != _normalised(k, config.get(k))]
+    if refused:
+        raise ConfigError(f"--resume continues the run with its own settings and cannot change {', '.join(refused)}; "
+                          "start a new run in another --out (--config RUN/config.json copies the rest)")
+    epochs = changes.get("epochs", config["epochs"])
+    done = int(saved["epoch"]) - int(config.get("stage1_epochs") or 0)
+    if epochs < max(done, 0):
+        raise ConfigError(f"--epochs {epochs}: the run has already trained {done} epoch(s) of that stage")
+    return TrainConfig.from_dict({**config, **{k: v for k, v in changes.items() if k in RESUME_CHANGES}})
+
+
+def _normalised(key: str, value: Any) -> Any:
+    """Compare a command line's tuples with a checkpoint's JSON lists, and paths as the files they name."""
+    if key in ("data", "init", "pretrained") and value:
+        return str(Path(value).resolve())
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -151,13 +179,16 @@ class _Distributed:
 class Trainer:
     """Trains ``config.model`` on the data set in ``config.data``; see the module docstring."""
 
-    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True):
+    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True,
+                 changes: dict[str, Any] | None = None):
+        """``resume``: continue the run in ``config.out`` with its own configuration, except where
+        it runs (``device``, ``workers``) and ``changes``: settings the user asked for, applied
+        where sound (:data:`RESUME_CHANGES`), refused otherwise (see :func:`resumed_config`)."""
         self.out = Path(config.out)
         if resume:
             latest = self.out / "checkpoint_latest.pt"
             saved = load_checkpoint(latest, kind="train")
-            # The run continues with its own configuration; only where it runs may change.
-            config = TrainConfig.from_dict({**saved["config"], "device": config.device, "workers": config.workers})
+            config = resumed_config(saved, {"device": config.device, "workers": config.workers, **(changes or {})})
             self._resume_from = saved
         else:
             self._resume_from = None
