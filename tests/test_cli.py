@@ -66,3 +66,14 @@ def test_every_flag_has_help_and_shows_its_default():
     train3d = build_parser()._subparsers._group_actions[0].choices["train3d"].format_help()
     assert "(default: 100)" in " ".join(train3d.split())  # --iters-per-epoch
     assert "(default: 0.7)" in " ".join(train3d.split())  # --positive-ratio
+
+
+def test_predict_flags_follow_the_convention_and_old_names_still_work(capsys):
+    from ahnet.cli import build_parser
+
+    parse = build_parser().parse_args
+    new = parse(["predict", "--checkpoint", "c.pt", "-i", "in", "--out", "o"])
+    old = parse(["predict", "--model", "c.pt", "-i", "in", "--output", "o"])
+    assert (new.checkpoint, new.output) == (old.checkpoint, old.output) == ("c.pt", "o")
+    assert main(["predict", "-i", "in", "-o", "o"]) == 2
+    assert "-m/--checkpoint CHECKPOINT is required" in capsys.readouterr().err

@@ -91,7 +91,9 @@ def _predict(args: argparse.Namespace) -> int:
     from .inference import predict
 
     radius = args.nms_radius_mm[0] if len(args.nms_radius_mm) == 1 else tuple(args.nms_radius_mm)
-    result = predict(args.model, args.input, args.output, device=args.device, overlap=args.overlap,
+    if not args.checkpoint:
+        raise ConfigError("-m/--checkpoint CHECKPOINT is required (a checkpoint_best.pt of train2d / train3d)")
+    result = predict(args.checkpoint, args.input, args.output, device=args.device, overlap=args.overlap,
                      batch_size=args.batch_size, mirror=args.mirror, save_probabilities=args.save_probabilities,
                      nms_radius_mm=radius, threshold=args.threshold, top_k=args.top_k, overwrite=args.overwrite,
                      max_memory=None if args.max_memory is None else args.max_memory * 2**30)
@@ -383,9 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     train3d.set_defaults(run=_train)
 
     predict = commands.add_parser("predict", help="predict whole volumes with a trained checkpoint")
-    predict.add_argument("-m", "--model", required=True, help="training checkpoint (checkpoint_best.pt)")
+    predict.add_argument("-m", "--checkpoint",
+                         help="training checkpoint (checkpoint_best.pt); --model, its old name, still works")
+    predict.add_argument("--model", dest="checkpoint", help=argparse.SUPPRESS)  # --model is an architecture elsewhere
     predict.add_argument("-i", "--input", required=True, help="a NIfTI file or a folder ({case}_0000.nii.gz)")
-    predict.add_argument("-o", "--output", required=True, help="output folder")
+    predict.add_argument("-o", "--out", "--output", dest="output", required=True, metavar="OUT",
+                         help="output folder (--out, as in every command; --output still works)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     predict.add_argument("--overlap", type=float, default=0.5, help="overlap of neighbouring windows")
     predict.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
