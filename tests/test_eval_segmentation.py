@@ -250,7 +250,7 @@ def test_folder_evaluation_json_and_csv(tmp_path, capsys):
     out.mkdir()
     (out / "metrics.json").write_text("old")  # replaced atomically
     res = evaluate_segmentation(pred_dir, gt_dir, json_out=out / "metrics.json", csv_out=out / "cases.csv",
-                                progress=False)
+                                progress=False, classes=LITS_CLASSES)
     assert capsys.readouterr().err == ""  # progress=False: no bar
     ref = evaluate_arrays(_with_spacing(cases))
     assert isinstance(res, SegmentationResult)
@@ -284,7 +284,7 @@ def test_affine_within_tolerance_is_accepted(tmp_path):
     aff = np.diag([0.8, 0.8, 2.5, 1.0])
     aff[0, 3] = 5e-4
     _write_case(pred_dir, "case_000", cases[0][1], affine=aff)
-    evaluate_segmentation(pred_dir, gt_dir, progress=False)
+    evaluate_segmentation(pred_dir, gt_dir, progress=False, classes=LITS_CLASSES)
 
 
 def test_missing_cases_are_listed(tmp_path):
@@ -293,7 +293,7 @@ def test_missing_cases_are_listed(tmp_path):
     _write_case(pred_dir, "case_099", cases[0][1])
     with pytest.raises(DataError, match=r"1 case\(s\) in ground truth .* but not in predictions .*: case_002"
                                         r"(.|\n)*1 case\(s\) in predictions .* but not in ground truth .*case_099"):
-        evaluate_segmentation(pred_dir, gt_dir, progress=False)
+        evaluate_segmentation(pred_dir, gt_dir, progress=False, classes=LITS_CLASSES)
 
 
 def test_missing_cases_at_most_ten_listed(tmp_path):
@@ -303,7 +303,7 @@ def test_missing_cases_at_most_ten_listed(tmp_path):
     for k in range(13):
         _write_case(gt_dir, f"case_{k:03d}", lab)
     with pytest.raises(DataError, match=r"12 case\(s\).*case_001, .*case_010, \.\.\. \(2 more\)") as ei:
-        evaluate_segmentation(pred_dir, gt_dir, progress=False)
+        evaluate_segmentation(pred_dir, gt_dir, progress=False, classes=LITS_CLASSES)
     assert "case_011" not in str(ei.value)
 
 
@@ -313,7 +313,7 @@ def test_image_folder_hint(tmp_path):
     _write_case(pred_dir, "case_000", lab)
     _write_case(gt_dir, "case_000_0000", lab)
     with pytest.raises(DataError, match="case_000_0000.*labels folder"):
-        evaluate_segmentation(pred_dir, gt_dir, progress=False)
+        evaluate_segmentation(pred_dir, gt_dir, progress=False, classes=LITS_CLASSES)
 
 
 def test_shape_mismatch(tmp_path):
@@ -321,7 +321,7 @@ def test_shape_mismatch(tmp_path):
     (pred_dir / "case_001.nii").unlink()
     _write_case(pred_dir, "case_001", np.zeros((6, 5, 3), np.uint8))
     with pytest.raises(DataError, match=r"case 'case_001'.*shape \(6, 5, 3\).*shape \(6, 5, 4\)"):
-        evaluate_segmentation(pred_dir, gt_dir, progress=False)
+        evaluate_segmentation(pred_dir, gt_dir, progress=False, classes=LITS_CLASSES)
 
 
 def test_affine_mismatch(tmp_path):
@@ -330,7 +330,7 @@ def test_affine_mismatch(tmp_path):
     aff[2, 3] = 0.01
     _write_case(pred_dir, "case_002", cases[2][1], affine=aff)
     with pytest.raises(DataError, match="case 'case_002'.*different affines"):
-        evaluate_segmentation(pred_dir, gt_dir, progress=False)
+        evaluate_segmentation(pred_dir, gt_dir, progress=False, classes=LITS_CLASSES)
 
 
 def test_non_integer_labels(tmp_path):
@@ -339,10 +339,10 @@ def test_non_integer_labels(tmp_path):
     soft[0, 0, 0] = 0.5
     write_nifti(pred_dir / "case_000.nii.gz", soft, spacing=(0.8, 0.8, 2.5))
     with pytest.raises(DataError, match="case 'case_000'.*prediction.*non-integer label values"):
-        evaluate_segmentation(pred_dir, gt_dir, progress=False)
+        evaluate_segmentation(pred_dir, gt_dir, progress=False, classes=LITS_CLASSES)
     # integral floats (e.g. labels saved as float32) are fine
     write_nifti(pred_dir / "case_000.nii.gz", cases[0][1].astype(np.float32), spacing=(0.8, 0.8, 2.5))
-    assert (evaluate_segmentation(pred_dir, gt_dir, progress=False).to_dict()
+    assert (evaluate_segmentation(pred_dir, gt_dir, progress=False, classes=LITS_CLASSES).to_dict()
             == evaluate_arrays(_with_spacing(cases)).to_dict())
 
 
@@ -358,7 +358,7 @@ def test_unreadable_file(tmp_path, damage):
     else:
         path.write_bytes(b"")
     with pytest.raises(DataError, match=r"case 'case_001': ground truth .*case_001\.nii\.gz"):
-        evaluate_segmentation(pred_dir, gt_dir, progress=False)
+        evaluate_segmentation(pred_dir, gt_dir, progress=False, classes=LITS_CLASSES)
 
 
 def test_empty_and_missing_folders(tmp_path):
@@ -366,24 +366,24 @@ def test_empty_and_missing_folders(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DataError, match="empty.*no NIfTI files"):
-        evaluate_segmentation(empty, gt_dir, progress=False)
+        evaluate_segmentation(empty, gt_dir, progress=False, classes=LITS_CLASSES)
     with pytest.raises(DataError, match="empty.*no NIfTI files"):
-        evaluate_segmentation(pred_dir, empty, progress=False)
+        evaluate_segmentation(pred_dir, empty, progress=False, classes=LITS_CLASSES)
     with pytest.raises(DataError, match="nowhere.*not found"):
-        evaluate_segmentation(tmp_path / "nowhere", gt_dir, progress=False)
+        evaluate_segmentation(tmp_path / "nowhere", gt_dir, progress=False, classes=LITS_CLASSES)
 
 
 def test_duplicate_extensions(tmp_path):
     cases, pred_dir, gt_dir = _folders(tmp_path)
     _write_case(pred_dir, "case_000", cases[0][1], ext=".nii")
     with pytest.raises(DataError, match="case 'case_000'.*both"):
-        evaluate_segmentation(pred_dir, gt_dir, progress=False)
+        evaluate_segmentation(pred_dir, gt_dir, progress=False, classes=LITS_CLASSES)
 
 
 def test_bad_output_path_fails_before_evaluation(tmp_path):
     cases, pred_dir, gt_dir = _folders(tmp_path)
     with pytest.raises(ConfigError, match="is a folder"):
-        evaluate_segmentation(pred_dir, gt_dir, json_out=tmp_path, progress=False)
+        evaluate_segmentation(pred_dir, gt_dir, json_out=tmp_path, progress=False, classes=LITS_CLASSES)
 
 
 # ----------------------------------------------------------------------------------- real data

@@ -558,7 +558,7 @@ def disk_full_while_writing_evaluation(env):
     env.monkeypatch.setattr(os, "fsync", full_disk)
     return Case(["evaluate", "seg", "--pred", str(pred), "--gt", str(gt), "--classes", "lits", "--json",
                  str(out / "dice.json")],
-                lambda: evaluate_segmentation(pred, gt, json_out=out / "dice.json", progress=False), OutputError,
+                lambda: evaluate_segmentation(pred, gt, json_out=out / "dice.json", progress=False, classes="lits"), OutputError,
                 r"dice\.json: cannot write: no space left on the device", ["dice.json"], out)
 
 
@@ -594,7 +594,7 @@ def unknown_case_in_segmentation_evaluation(env):
     out = env.tmp / "eval"
     return Case(["evaluate", "seg", "--pred", str(pred), "--gt", str(gt), "--classes", "lits", "--json",
                  str(out / "dice.json")],
-                lambda: evaluate_segmentation(pred, gt, json_out=out / "dice.json", progress=False), DataError,
+                lambda: evaluate_segmentation(pred, gt, json_out=out / "dice.json", progress=False, classes="lits"), DataError,
                 r"extra", ["extra"], out)
 
 

@@ -72,7 +72,7 @@ def run_task(task: str, out: Path, scale: Scale, device: str = "auto", seed: int
     if task == "seg":
         baseline = _baseline_seg(test_data)
         report = segmentation_report(test_data / "imagesTr", predictions, test_data / "labelsTr", out / "report.html",
-                                     title="ahnet demo: CT-like liver and lesion segmentation (AH-Net)")
+                                     classes="lits", title="ahnet demo: CT-like liver and lesion segmentation (AH-Net)")
         baseline_name = "baseline: body = liver"
     else:
         baseline = _baseline_det(test_data, 10, seed)

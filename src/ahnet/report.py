@@ -143,9 +143,9 @@ def _image_files(images: str | Path) -> dict[str, Path]:
 def segmentation_report(images: str | Path, pred: str | Path, gt: str | Path, out: str | Path,
                         classes=None, max_cases: int = 12, title: str = "ahnet segmentation report") -> Path:
     """Evaluate ``pred`` against ``gt`` and write the HTML report to ``out``."""
-    from .evaluation.segmentation import LITS_CLASSES, evaluate_segmentation
+    from .evaluation.segmentation import evaluate_segmentation
 
-    result = evaluate_segmentation(pred, gt, classes=classes or LITS_CLASSES, progress=False)
+    result = evaluate_segmentation(pred, gt, classes=classes, progress=False)
     names = list(result.dice_global)
     sections = ["<h2>Dice (§4.2)</h2>",
                 _table([["Dice global", *[result.dice_global[n] for n in names]],

@@ -210,19 +210,21 @@ def resolve_classes(spec: str | Mapping[str, Sequence[int]] | None, dataset: str
 # ------------------------------------------------------------------------------------- folders
 
 def evaluate_segmentation(pred_dir, gt_dir, json_out=None, csv_out=None,
-                          classes: Mapping[str, Sequence[int]] = LITS_CLASSES,
+                          classes: str | Mapping[str, Sequence[int]] | None = None,
                           progress: bool = True,
                           surface_tolerance_mm: float | None = SURFACE_TOLERANCE_MM) -> SegmentationResult:
     """DG and DPC (§4.2, Table 5) of the predictions in ``pred_dir`` against the labels in ``gt_dir``.
 
-    Files pair by case name: ``{case}.nii.gz`` (or ``.nii``) in both folders, nnU-Net labelsTr style;
+    ``classes`` as :func:`resolve_classes` takes them (default: the dataset.json beside ``gt_dir``;
+    ``"lits"`` for Table 5's rule). Files pair by case name: ``{case}.nii.gz`` (or ``.nii``) in both
+    folders, nnU-Net labelsTr style;
     other files are ignored. Every case must be in both folders, and each prediction must have
     its truth's shape and affine (within 1e-3), since Dice is counted voxel for voxel on the file
     grid; HD95 and surface Dice are in mm of the truth's voxel size. Cases are read one at a time.
     ``json_out`` gets :meth:`SegmentationResult.to_dict`
     (indent 2), ``csv_out`` one row per case (``case,<class>,...``); both are written atomically.
     """
-    cls = _check_classes(classes)
+    cls = resolve_classes(classes, gt_dir=gt_dir)[0]
     json_path = _check_output(json_out, "json_out")
     csv_path = _check_output(csv_out, "csv_out")
     if json_path is not None and csv_path is not None and json_path.resolve() == csv_path.resolve():
