@@ -2,6 +2,7 @@
 checks of load_dataset and the full read of verify_dataset."""
 
 import json
+import sys
 import os
 import shutil
 from pathlib import Path
@@ -533,7 +534,10 @@ def test_verify_boxes_outside_volume(det):
     assert "box 0 [1, 2, 0, 24, 5, 3]" in rep.problems[0] and "box 1 [0, 0, 0, 1, 1, 5]" in rep.problems[1]
 
 
-def test_verify_progress_bar(seg, capsys):
+def test_verify_progress_bar(seg, capsys, monkeypatch):
+    assert verify_dataset(seg, progress=True).ok
+    assert "verify" not in capsys.readouterr().err  # bars on terminals only
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert verify_dataset(seg, progress=True).ok
     assert "verify" in capsys.readouterr().err
 

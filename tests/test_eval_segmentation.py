@@ -6,6 +6,7 @@ import gc
 import gzip
 import json
 import math
+import sys
 import weakref
 from pathlib import Path
 
@@ -270,8 +271,11 @@ def test_folder_evaluation_json_and_csv(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["cases.csv", "metrics.json"]  # no temp files left
 
 
-def test_folder_progress_bar_and_classes(tmp_path, capsys):
+def test_folder_progress_bar_and_classes(tmp_path, capsys, monkeypatch):
     cases, pred_dir, gt_dir = _folders(tmp_path, n=2)
+    evaluate_segmentation(pred_dir, gt_dir, classes="lits")
+    assert capsys.readouterr().err == ""  # no terminal, no bar (a log file gets none)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     res = evaluate_segmentation(pred_dir, gt_dir, classes={"lesion": (2,), "none": (9,)},
                                 csv_out=tmp_path / "new" / "c.csv")
     assert "Dice" in capsys.readouterr().err

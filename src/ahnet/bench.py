@@ -339,7 +339,7 @@ def run_bench(device: str = "cpu", size: tuple[int, int, int] = PAPER_SIZE, repe
         torch.backends.cudnn.benchmark = True
     threads = torch.get_num_threads()
     bar = tqdm(total=len(rows) * (repeats + 2) + (1 if train_steps else 0), desc="bench", unit="run",
-               disable=not progress)
+               disable=None if progress else True)
     try:
         bar.set_postfix_str("matmul peak")
         peak = matmul_peak_gflops(dev)

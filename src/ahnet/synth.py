@@ -518,7 +518,7 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit="case")
+    return tqdm(iterable, total=total, desc=desc, unit="case", disable=None)  # None: bars on terminals only
 
 
 def make_seg_dataset(out: str | Path, cases: int = 8, seed: int = 0, shape=(128, 128, 32), progress: bool = False,

@@ -381,7 +381,7 @@ def verify_dataset(root, progress: bool = True) -> VerifyReport:
     intensity = [np.inf, -np.inf]
     n_boxes = negatives = 0
 
-    for case in tqdm(info.cases, desc="verify", unit="case", disable=not progress):
+    for case in tqdm(info.cases, desc="verify", unit="case", disable=None if progress else True):
         vols = []
         for ch, path in enumerate(case.images):
             try:

@@ -444,7 +444,7 @@ def _listing(names: list[str]) -> str:
 
 def _read_pairs(cases, pred_files, gt_files, progress: bool) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Yield one checked ``(case, prediction, truth)`` at a time, in file orientation."""
-    with tqdm(total=len(cases), desc="Dice", unit="case", disable=not progress) as bar:
+    with tqdm(total=len(cases), desc="Dice", unit="case", disable=None if progress else True) as bar:
         for case in cases:
             pred, pred_affine = _read_label(pred_files[case], case, "prediction")
             truth, gt_affine = _read_label(gt_files[case], case, "ground truth")

@@ -71,7 +71,7 @@ def predict(checkpoint: str | Path, inputs: str | Path, out_dir: str | Path, *, 
     names = {case: _output_names(case, predictor.task, save_probabilities) for case in cases}
     remove_stale_temps(out, [n for ns in names.values() for n in ns] + ["detections.csv"])
     detections, world, skipped = [], [], 0
-    for case, files in tqdm(cases.items(), desc="predict", unit="case", disable=not progress):
+    for case, files in tqdm(cases.items(), desc="predict", unit="case", disable=None if progress else True):
         done = not overwrite and all((out / n).is_file() for n in names[case])
         if done:
             skipped += 1

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -484,7 +483,7 @@ class Trainer:
         self._train_mode(stage)
         bar = tqdm(loader, desc=f"epoch {self.epoch} {stage.name} ({self.loss.phase} loss)", initial=start,
                    total=start + len(loader), leave=False,
-                   disable=not (self.progress and self.dist.main and sys.stderr.isatty()),
+                   disable=None if self.progress and self.dist.main else True,  # None: on terminals only
                    dynamic_ncols=True)
         for batch in bar:
             step_start = time.monotonic()
