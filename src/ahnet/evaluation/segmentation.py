@@ -258,14 +258,20 @@ def class_counts(pred: np.ndarray, truth: np.ndarray,
                  classes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, int, int]]:
     """Per class, ``(|pred ∩ truth|, |pred|, |truth|)`` of two label maps (numpy or torch); Dice
     global pools these over cases (or patches), Dice per case takes each case's own."""
+    return {name: _mask_counts(*masks) for name, masks in _class_masks(pred, truth, classes)}
+
+
+def _class_masks(pred, truth, classes: Mapping[str, tuple[int, ...]]):
+    """``(name, (pred mask, truth mask))`` of each class, one class at a time (memory stays flat)."""
+    for name, values in classes.items():
+        yield name, (_class_mask(pred, values), _class_mask(truth, values))
+
+
+def _mask_counts(p, t) -> tuple[int, int, int]:
     def count(mask) -> int:
         return int(np.count_nonzero(mask)) if isinstance(mask, np.ndarray) else int(mask.sum())
 
-    out = {}
-    for name, values in classes.items():
-        p, t = _class_mask(pred, values), _class_mask(truth, values)
-        out[name] = (count(p & t), count(p), count(t))
-    return out
+    return count(p & t), count(p), count(t)
 
 
 def _evaluate(pairs, classes: dict[str, tuple[int, ...]], *, validate: bool,
@@ -295,14 +301,15 @@ def _evaluate(pairs, classes: dict[str, tuple[int, ...]], *, validate: bool,
                 raise DataError(f"case {case!r}: prediction shape {pred.shape} differs from "
                                 f"ground truth shape {truth.shape}")
         scores, case_counts, case_surface = {}, {}, {}
-        for name, (inter, n_pred, n_truth) in class_counts(pred, truth, classes).items():
+        for name, (p, t) in _class_masks(pred, truth, classes):
+            inter, n_pred, n_truth = _mask_counts(p, t)
             for i, count in enumerate((inter, n_pred, n_truth)):
                 totals[name][i] += count
             scores[name] = dice_from_counts(inter, n_pred, n_truth)
             case_counts[name] = {"tp": inter, "fp": n_pred - inter, "fn": n_truth - inter}
             if surface_tolerance_mm is not None:
-                case_surface[name] = surface_metrics(_class_mask(pred, classes[name]),
-                                                     _class_mask(truth, classes[name]), spacing, surface_tolerance_mm)
+                case_surface[name] = surface_metrics(p, t, spacing, surface_tolerance_mm)
+            del p, t
         per_case[case], counts[case] = scores, case_counts
         if surface_tolerance_mm is not None:
             surface[case] = case_surface
