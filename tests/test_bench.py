@@ -59,3 +59,16 @@ def test_parse_size():
     assert parse_size("384x256x64") == (384, 256, 64)
     with pytest.raises(ConfigError):
         parse_size("384x256x0")
+
+
+def test_training_rows_time_ours_and_the_plain_route_in_own_processes(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--size", "32x32x8", "--repeats", "1", "--quiet", "--models",
+                 "ahnet-released,ahnet-released-plain,3d-unet", "--train-steps", "1", "--train-sizes", "40x32x8",
+                 "--json", str(out)]) == 0
+    assert "training step (forward, backward, Adam) on 2 patches of 40x32x8" in capsys.readouterr().out
+    trained = json.loads(out.read_text())["train"]["40x32x8"]
+    assert set(trained) == {"ahnet-released", "ahnet-released-plain"}  # only AH-Net rows train
+    for t in trained.values():
+        assert t["patch"] == t["ran_on"] == [40, 32, 8] and t["batch"] == 2 and t["steps"] == 1
+        assert 0 < t["min_step_s"] <= t["median_step_s"] and t["peak_mem_mb"] > 0

@@ -55,8 +55,11 @@ REFERENCE = "ahnet-released"
 #: Table 3 of the paper: ms per 384x256x64 volume on a GTX 1080Ti.
 TABLE3_MS = {"ahnet": 17.7, "mc-gcn": 775.2, "2d-unet": 699.3, "3d-unet": 2.3}
 PAPER_SIZE = (384, 256, 64)
-#: Training throughput set-up of issue 6: 192x192x64 patches, batch 2 (the CT patches of §4.2).
-TRAIN_PATCH, TRAIN_BATCH = (192, 192, 64), 2
+#: Training rows (issue 12): forward, backward and an Adam step on batches of ``TRAIN_BATCH``
+#: patches of each of ``TRAIN_SIZES``: the demo's CT-like patch and the paper's CT patch (§4.2).
+TRAIN_SIZES, TRAIN_BATCH = ((96, 96, 16), (192, 192, 64)), 2
+#: The rows that can train: ours (slice-major), the same network on the plain 3D route, MONAI's.
+TRAIN_ROWS = ("ahnet-paper", "ahnet-released", "ahnet-released-plain", "monai-ahnet")
 
 
 def parse_size(text: str) -> tuple[int, int, int]:
@@ -212,22 +215,31 @@ def _peak_child(row: str, size: tuple[int, int, int], device: str, threads: int)
     return peak, base
 
 
-def _train_child(device: str, threads: int, steps: int, preset: str) -> dict:
-    """In a fresh process: AH-Net training steps (forward, backward, Adam) on 192x192x64 batches of 2."""
+def _train_child(row: str, size: tuple[int, int, int], device: str, threads: int, steps: int) -> dict:
+    """In a fresh process: ``steps`` training steps (forward, backward, Adam) of ``row`` on batches
+    of ``TRAIN_BATCH`` patches of ``size`` after one warm-up; times and the process's peak memory.
+    MONAI's AHNet gets the patch zero-padded to its smallest valid size, as a user would have to."""
     torch.set_num_threads(threads)
     dev = torch.device(device)
-    from .models import AHNet
-
-    model = AHNet(out_channels=1, preset=preset).to(dev).train()
+    model = _network(row)
+    if row.endswith("-plain"):
+        model.slice_major = False
+    shape = _PadTo.padded(size) if row == "monai-ahnet" else tuple(size)
+    model = model.to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.randn(TRAIN_BATCH, 1, *TRAIN_PATCH, device=dev)
-    target = torch.rand(TRAIN_BATCH, 1, *TRAIN_PATCH, device=dev)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(TRAIN_BATCH, 1, *shape, device=dev, generator=gen)
+    target = torch.rand(TRAIN_BATCH, model.out_channels if hasattr(model, "out_channels") else 1, *shape,
+                        device=dev, generator=gen)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     times = []
     for _ in range(steps + 1):  # the first is the warm-up
         _sync(dev)
         t = time.perf_counter()
         with _autocast(dev):
-            loss = F.mse_loss(model(x).float(), target)
+            out = model(x)
+        loss = F.mse_loss(out.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -235,7 +247,7 @@ def _train_child(device: str, threads: int, steps: int, preset: str) -> dict:
         times.append(time.perf_counter() - t)
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _status_mb("VmHWM")
     step = statistics.median(times[1:])
-    return {"model": f"ahnet-{preset}", "patch": list(TRAIN_PATCH), "batch": TRAIN_BATCH, "steps": steps,
+    return {"patch": list(size), "ran_on": list(shape), "batch": TRAIN_BATCH, "steps": steps,
             "median_step_s": step, "min_step_s": min(times[1:]), "max_step_s": max(times[1:]),
             "patches_per_s": TRAIN_BATCH / step, "peak_mem_mb": peak}
 
@@ -310,10 +322,12 @@ def machine(device: torch.device) -> str:
 
 
 def run_bench(device: str = "cpu", size: tuple[int, int, int] = PAPER_SIZE, repeats: int = 3,
-              rows: tuple[str, ...] = tuple(ROWS), train_steps: int = 0, progress: bool = True) -> dict:
+              rows: tuple[str, ...] = tuple(ROWS), train_steps: int = 0, progress: bool = True,
+              train_sizes: tuple[tuple[int, int, int], ...] = TRAIN_SIZES) -> dict:
     """Time, FLOPs and peak memory of each row on one ``(1, 1, *size)`` volume; see the module doc.
 
-    ``train_steps`` > 0 also measures AH-Net training throughput (``TRAIN_PATCH``, ``TRAIN_BATCH``).
+    ``train_steps`` > 0 also times that many training steps of each AH-Net row (``TRAIN_ROWS``) at
+    each of ``train_sizes`` (batch ``TRAIN_BATCH``), each row in its own process (its peak memory).
     Returns a dict: ``device``, ``size``, ``peak_gflops_s`` and context, plus one entry per row with
     ``median_s``, ``min_s``, ``max_s``, ``peak_mem_mb`` (and ``base_mem_mb`` before the forward),
     ``gflops``, ``gflops_s``, ``peak_fraction``, ``time_ratio`` and ``flop_ratio`` (to
@@ -338,7 +352,8 @@ def run_bench(device: str = "cpu", size: tuple[int, int, int] = PAPER_SIZE, repe
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     threads = torch.get_num_threads()
-    bar = tqdm(total=len(rows) * (repeats + 2) + (1 if train_steps else 0), desc="bench", unit="run",
+    train_rows = [r for r in rows if r in TRAIN_ROWS] if train_steps else []
+    bar = tqdm(total=len(rows) * (repeats + 2) + len(train_rows) * len(train_sizes), desc="bench", unit="run",
                disable=None if progress else True)
     try:
         bar.set_postfix_str("matmul peak")
@@ -354,16 +369,19 @@ def run_bench(device: str = "cpu", size: tuple[int, int, int] = PAPER_SIZE, repe
                     times[row].append(t)
                 bar.update()
         del runners
-        memory, train = {}, None
+        memory: dict = {}
+        train: dict = {}
         with _Children() as children:
             for row in rows:
                 bar.set_postfix_str(f"{row} (peak memory, own process)")
                 memory[row] = children.run("peak", row, size, str(dev), threads)
                 bar.update()
-            if train_steps:
-                bar.set_postfix_str(f"training, {train_steps} step(s)")
-                train = children.run("train", str(dev), threads, train_steps, "released")
-                bar.update()
+            for patch in train_sizes:
+                key = "x".join(map(str, patch))
+                for row in train_rows:
+                    bar.set_postfix_str(f"{row} training at {key} (own process)")
+                    train.setdefault(key, {})[row] = children.run("train", row, patch, str(dev), threads, train_steps)
+                    bar.update()
         peak = max(peak, matmul_peak_gflops(dev))
     finally:
         bar.close()
@@ -384,7 +402,7 @@ def run_bench(device: str = "cpu", size: tuple[int, int, int] = PAPER_SIZE, repe
         }
         if row == "monai-ahnet" and _PadTo.padded(size) != size:
             result[row]["padded_to"] = list(_PadTo.padded(size))
-    if train is not None:
+    if train:
         result["train"] = train
     return result
 
@@ -418,9 +436,16 @@ def format_table(result: dict) -> str:
         if "padded_to" in monai:
             notes.append(f"MONAI's AHNet ran on the volume zero-padded to {'x'.join(map(str, monai['padded_to']))}"
                          " (its smallest valid size).")
-    if "train" in result:
-        t = result["train"]
-        notes.append(f"training ({t['model']}, {'x'.join(map(str, t['patch']))} patches, batch {t['batch']}): "
-                     f"{t['patches_per_s']:.3f} patches/s (step {t['median_step_s']:.1f} s), "
-                     f"peak {t['peak_mem_mb']:.0f} MB.")
+    for patch, trained in result.get("train", {}).items():
+        notes += ["", f"training step (forward, backward, Adam) on {TRAIN_BATCH} patches of {patch}, "
+                  f"median (min-max) of {next(iter(trained.values()))['steps']} after a warm-up:",
+                  f"{'model':<22}{'step s':>9}{'min-max s':>16}{'patches/s':>11}{'peak MB':>9}{'time/MONAI':>12}"
+                  f"{'mem/MONAI':>11}"]
+        monai = trained.get("monai-ahnet")
+        for row, t in trained.items():
+            vs = (f"{t['median_step_s'] / monai['median_step_s']:>12.2f}{t['peak_mem_mb'] / monai['peak_mem_mb']:>11.2f}"
+                  if monai else "")
+            ran = "" if t["ran_on"] == t["patch"] else f"  (padded to {'x'.join(map(str, t['ran_on']))})"
+            notes.append(f"{row:<22}{t['median_step_s']:>9.3f}{t['min_step_s']:>8.3f}-{t['max_step_s']:<7.3f}"
+                         f"{t['patches_per_s']:>11.3f}{t['peak_mem_mb']:>9.0f}{vs}{ran}")
     return "\n".join(lines + notes)

@@ -22,8 +22,9 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import ROWS, format_table, parse_size, run_bench
 
     rows = tuple(args.models.split(",")) if args.models else tuple(ROWS)
+    train_sizes = tuple(parse_size(size) for size in args.train_sizes.split(","))
     result = run_bench(args.device, parse_size(args.size), args.repeats, rows, args.train_steps,
-                       progress=not args.quiet)
+                       progress=not args.quiet, train_sizes=train_sizes)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -101,6 +102,20 @@ def _predict(args: argparse.Namespace) -> int:
     skipped = (f" ({result['skipped']} already predicted, kept; --overwrite redoes them)"
                if result.get("skipped") else "")
     print(f"predicted {result['cases']} case(s) into {result['out']}{skipped}{extra}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    try:
+        size = None if args.size is None else tuple(int(s) for s in args.size.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size must be like 96x96x32 (XxY for 2D networks), got {args.size!r}") from None
+    result = export_model(args.checkpoint, args.format, args.out, size=size, batch=args.batch)
+    shape = "x".join(map(str, result["input_shape"]))
+    print(f"exported {result['network']} to {result['file']} ({result['format']}, input {shape}); "
+          f"largest difference to the checkpoint {result['max_relative_difference']:.1e} (relative)")
     return 0
 
 
@@ -312,7 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--models", help="comma-separated rows of the table to run (default all; a wrong name "
                        "lists them)")
     bench.add_argument("--train-steps", type=int, default=0,
-                       help="also time this many AH-Net training steps (192x192x64 patches, batch 2)")
+                       help="also time this many training steps (forward, backward, Adam; batch 2) of each AH-Net "
+                       "row, ours and MONAI's, at each --train-sizes, with peak memory")
+    bench.add_argument("--train-sizes", default="96x96x16,192x192x64",
+                       help="patch sizes of the training rows (the demo's and the paper's CT patch)")
     bench.add_argument("--json", help="write the results here")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(run=_bench)
@@ -405,6 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--max-memory", type=float, metavar="GB",
                          help="refuse volumes whose prediction would need more memory (default: what is available)")
     predict.set_defaults(run=_predict)
+
+    export = commands.add_parser("export", help="a checkpoint as a TorchScript or ONNX file, checked against it")
+    export.add_argument("checkpoint", help="training checkpoint (checkpoint_best.pt)")
+    export.add_argument("--format", required=True, choices=("torchscript", "onnx"), help="file format")
+    export.add_argument("-o", "--out", required=True, help="file to write (.pt for TorchScript, .onnx)")
+    export.add_argument("--size", help="input size XxYxZ (XxY for 2D networks) the model is traced at "
+                        "(default: the training patch, the sliding window's size)")
+    export.add_argument("--batch", type=int, default=1, help="windows per call of the exported model")
+    export.set_defaults(run=_export)
 
     evaluate = commands.add_parser("evaluate", help="Dice (seg) or FROC (det) of predictions")
     kinds = evaluate.add_subparsers(dest="kind", required=True, metavar="seg|det")

@@ -7,7 +7,11 @@ The decoder restores the 3D context with anisotropic 3x3x1 and 1x1x3 convolution
 connected blocks (§3.3), LinkNet-style projection + trilinear up-sampling + sum at each level, a
 pyramid volumetric pooling module, and a final projection.
 
-Tensors are ``(N, C, X, Y, Z)``; Z is the thick-slice axis.
+Tensors are ``(N, C, X, Y, Z)``; Z is the thick-slice axis. They run slice-major
+(:mod:`ahnet.models.layout`), so the ReLUs are not in place: a slice-major tensor is a view of a 2D
+kernel's output, and an in-place operation on a view makes autograd copy the whole tensor in the
+backward pass (out of place, nothing more is kept for backward: the next convolution saves its input
+either way).
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .layout import (SliceBatchNorm3d, SliceConv3d, SliceMaxPool3d, cat_channels, max_pool, resize,
+                     to_slice_major)
 from .padding import check_input, crop_spatial, pad_to_multiple
 from .presets import AHNET_PRESETS, AHNetSpec, resolve_preset
 from .resnet import RESNET_LAYOUTS, TAP_NAMES, BasicBlock, stage_widths
@@ -32,9 +37,9 @@ class AHDownsample(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
-        self.conv = nn.Conv3d(in_channels, out_channels, 1, stride=(stride, stride, 1), bias=False)
-        self.pool = nn.MaxPool3d((1, 1, stride), stride=(1, 1, stride)) if stride > 1 else nn.Identity()
-        self.bn = nn.BatchNorm3d(out_channels)
+        self.conv = SliceConv3d(in_channels, out_channels, 1, stride=(stride, stride, 1), bias=False)
+        self.pool = SliceMaxPool3d((1, 1, stride), stride=(1, 1, stride)) if stride > 1 else nn.Identity()
+        self.bn = SliceBatchNorm3d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.pool(self.conv(x)))
@@ -47,14 +52,14 @@ class AHBottleneck(nn.Module):
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
-        self.conv1 = nn.Conv3d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm3d(planes)
-        self.conv2 = nn.Conv3d(planes, planes, (3, 3, 1), stride=(stride, stride, 1), padding=(1, 1, 0), bias=False)
-        self.bn2 = nn.BatchNorm3d(planes)
-        self.conv3 = nn.Conv3d(planes, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm3d(planes * 4)
-        self.relu = nn.ReLU(inplace=True)
-        self.pool_z = nn.MaxPool3d((1, 1, stride), stride=(1, 1, stride)) if stride > 1 else nn.Identity()
+        self.conv1 = SliceConv3d(inplanes, planes, 1, bias=False)
+        self.bn1 = SliceBatchNorm3d(planes)
+        self.conv2 = SliceConv3d(planes, planes, (3, 3, 1), stride=(stride, stride, 1), padding=(1, 1, 0), bias=False)
+        self.bn2 = SliceBatchNorm3d(planes)
+        self.conv3 = SliceConv3d(planes, planes * 4, 1, bias=False)
+        self.bn3 = SliceBatchNorm3d(planes * 4)
+        self.relu = nn.ReLU()
+        self.pool_z = SliceMaxPool3d((1, 1, stride), stride=(1, 1, stride)) if stride > 1 else nn.Identity()
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,12 +77,12 @@ class AHBasicBlock(nn.Module):
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
-        self.conv1 = nn.Conv3d(inplanes, planes, (3, 3, 1), stride=(stride, stride, 1), padding=(1, 1, 0), bias=False)
-        self.bn1 = nn.BatchNorm3d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv3d(planes, planes, (3, 3, 1), padding=(1, 1, 0), bias=False)
-        self.bn2 = nn.BatchNorm3d(planes)
-        self.pool_z = nn.MaxPool3d((1, 1, stride), stride=(1, 1, stride)) if stride > 1 else nn.Identity()
+        self.conv1 = SliceConv3d(inplanes, planes, (3, 3, 1), stride=(stride, stride, 1), padding=(1, 1, 0), bias=False)
+        self.bn1 = SliceBatchNorm3d(planes)
+        self.relu = nn.ReLU()
+        self.conv2 = SliceConv3d(planes, planes, (3, 3, 1), padding=(1, 1, 0), bias=False)
+        self.bn2 = SliceBatchNorm3d(planes)
+        self.pool_z = SliceMaxPool3d((1, 1, stride), stride=(1, 1, stride)) if stride > 1 else nn.Identity()
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,11 +105,11 @@ class AHResNetEncoder(nn.Module):
         block = AHBasicBlock if block2d is BasicBlock else AHBottleneck
         self.pool_before_norm = pool_before_norm
         self.inplanes = 64
-        self.conv1 = nn.Conv3d(in_channels, 64, (7, 7, 3), stride=(2, 2, 1), padding=(3, 3, 1), bias=False)
-        self.bn1 = nn.BatchNorm3d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.pool_z = nn.MaxPool3d((1, 1, 2), stride=(1, 1, 2))
-        self.maxpool = nn.MaxPool3d(3, stride=2, padding=1)
+        self.conv1 = SliceConv3d(in_channels, 64, (7, 7, 3), stride=(2, 2, 1), padding=(3, 3, 1), bias=False)
+        self.bn1 = SliceBatchNorm3d(64)
+        self.relu = nn.ReLU()
+        self.pool_z = SliceMaxPool3d((1, 1, 2), stride=(1, 1, 2))
+        self.maxpool = SliceMaxPool3d(3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, 64, layers[0], stride=1)
         self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
         self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
@@ -143,9 +148,9 @@ class NormReLUConv(nn.Sequential):
                  bias: bool = False):
         k = (kernel_size,) * 3 if isinstance(kernel_size, int) else kernel_size
         super().__init__()
-        self.add_module("norm", nn.BatchNorm3d(in_channels))
-        self.add_module("relu", nn.ReLU(inplace=True))
-        self.add_module("conv", nn.Conv3d(in_channels, out_channels, k, padding=tuple(s // 2 for s in k), bias=bias))
+        self.add_module("norm", SliceBatchNorm3d(in_channels))
+        self.add_module("relu", nn.ReLU())
+        self.add_module("conv", SliceConv3d(in_channels, out_channels, k, padding=tuple(s // 2 for s in k), bias=bias))
 
 
 class AnisotropicDenseLayer(nn.Module):
@@ -168,7 +173,7 @@ class AnisotropicDenseLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.xy(x)
-        return torch.cat([x, h + self.z(h)], dim=1)
+        return cat_channels([x, h + self.z(h)])
 
 
 class Pseudo3DDenseLayer(nn.Module):
@@ -185,7 +190,7 @@ class Pseudo3DDenseLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.xy(self.reduce(x))
-        return torch.cat([x, self.mix(h + self.z(h))], dim=1)
+        return cat_channels([x, self.mix(h + self.z(h))])
 
 
 class IsotropicDenseLayer(nn.Module):
@@ -201,7 +206,7 @@ class IsotropicDenseLayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, self.body(x)], dim=1)
+        return cat_channels([x, self.body(x)])
 
 
 DENSE_LAYERS: dict[str, type[nn.Module]] = {
@@ -230,9 +235,7 @@ class DecoderLevel(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         h = self.project(x)
-        if h.shape[2:] != skip.shape[2:]:
-            h = F.interpolate(h, size=skip.shape[2:], mode="trilinear", align_corners=False)
-        return self.dense(h + skip)
+        return self.dense(resize(h, skip.shape[2:]) + skip)
 
 
 class PyramidVolumetricPooling(nn.Module):
@@ -247,18 +250,17 @@ class PyramidVolumetricPooling(nn.Module):
         super().__init__()
         self.pools = tuple(pools)
         self.proj = nn.ModuleList(
-            nn.Conv3d(in_channels, 1, 1, padding=(padding, padding, 0)) for _ in self.pools
+            SliceConv3d(in_channels, 1, 1, padding=(padding, padding, 0)) for _ in self.pools
         )
         self.out_channels = in_channels + len(self.pools)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[2:]
         maps = [
-            F.interpolate(proj(F.max_pool3d(x, (k, k, 1), (k, k, 1), ceil_mode=True)), size=size,
-                          mode="trilinear", align_corners=False)
+            resize(proj(max_pool(x, (k, k, 1), (k, k, 1), ceil_mode=True)), size)
             for k, proj in zip(self.pools, self.proj)
         ]
-        return torch.cat([*maps, x], dim=1)
+        return cat_channels([*maps, x])
 
 
 class AHNet(nn.Module):
@@ -280,6 +282,10 @@ class AHNet(nn.Module):
     layer1, no up-sampling) → conv1 (64, half resolution), each adding 60 channels. The pyramid
     pooling then runs on the half-resolution features, and the head projects them and up-samples
     (trilinear x2) to the input size.
+
+    The network runs in the slice-major layout of :mod:`ahnet.models.layout` (its anisotropic
+    kernels as 2D kernels on views, in training as in inference). ``slice_major = False`` runs
+    the very same modules on ordinary 5D tensors with 3D kernels: the reference in the tests.
     """
 
     size_multiple = (32, 32, 32)
@@ -301,6 +307,7 @@ class AHNet(nn.Module):
         if out_channels < 1 or in_channels < 1:
             raise ConfigError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
         self.spec, self.preset, self.backbone = spec, preset, backbone
+        self.slice_major = True
         self.in_channels, self.out_channels = in_channels, out_channels
         self.encoder = AHResNetEncoder(backbone, in_channels, pool_before_norm=spec.stem_pool_before_norm)
 
@@ -341,10 +348,12 @@ class AHNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, 3, self.in_channels, "AHNet")
         x, crop = pad_to_multiple(x, self.size_multiple)
+        if self.slice_major:
+            x = to_slice_major(x)
         taps = self.encoder.features(x)
         h = taps["layer4"]
         for skip, level in zip(self.skips, self.decoder):
             h = level(h, taps[skip])
         y = self.head(self.pyramid(h))
-        y = F.interpolate(y, size=x.shape[2:], mode="trilinear", align_corners=False)
-        return crop_spatial(y, crop)
+        y = crop_spatial(resize(y, x.shape[2:]), crop)
+        return y.contiguous() if self.slice_major else y

@@ -39,6 +39,12 @@ CL = torch.channels_last
 CPU_CHUNK_ELEMENTS = 1 << 22
 Norm = nn.modules.batchnorm._BatchNorm
 Take = Callable[[tuple[int, ...], torch.Tensor], torch.Tensor]
+
+
+class NotCovered(ValueError):
+    """A module the fast path has no fast form for: :func:`optimize_for_inference` then keeps the
+    network's own (slice-major) forward, with the same outputs."""
+
 Chunked = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
@@ -251,7 +257,7 @@ class _Conv(nn.Module):
     def __init__(self, conv: nn.Conv3d, bn: Norm | None = None, extra_shift: torch.Tensor | None = None):
         super().__init__()
         if conv.kernel_size[2] != 1 or conv.stride[2] != 1 or conv.groups != 1:
-            raise ValueError(f"{conv} is not an in-plane convolution")
+            raise NotCovered(f"{conv} is not an in-plane convolution")
         weight, bias = _folded(conv, conv.weight.detach()[..., 0], bn, extra_shift)
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
@@ -271,7 +277,7 @@ class _TapConv(nn.Module):
     def __init__(self, conv: nn.Conv3d):
         super().__init__()
         if conv.kernel_size[2] != 1 or conv.stride != (1, 1, 1) or conv.groups != 1:
-            raise ValueError(f"{conv} is not a stride-1 in-plane convolution")
+            raise NotCovered(f"{conv} is not a stride-1 in-plane convolution")
         out, cin, kx, ky, _ = conv.weight.shape
         w = conv.weight.detach()[..., 0].permute(2, 3, 0, 1).reshape(kx * ky * out, cin, 1, 1)
         self.register_buffer("weight", w.contiguous(memory_format=CL))
@@ -300,7 +306,7 @@ class _ZConv(nn.Module):
         super().__init__()
         k = conv.kernel_size[2]
         if conv.kernel_size[:2] != (1, 1) or conv.stride != (1, 1, 1) or conv.padding[2] * 2 + 1 != k:
-            raise ValueError(f"{conv} is not a 'same' through-plane convolution")
+            raise NotCovered(f"{conv} is not a 'same' through-plane convolution")
         w = conv.weight.detach().reshape(conv.out_channels, conv.in_channels, k, 1)
         weight, bias = _folded(conv, w, bn, None)
         self.register_buffer("weight", weight)
@@ -338,7 +344,7 @@ class _Stem(nn.Module):
         super().__init__()
         conv = encoder.conv1
         if conv.stride[2] != 1 or conv.kernel_size[2] != 2 * conv.padding[2] + 1:
-            raise ValueError(f"{conv} is not 'same' along z")
+            raise NotCovered(f"{conv} is not 'same' along z")
         self.kz, self.pz = conv.kernel_size[2], conv.padding[2]
         w = conv.weight.detach().permute(0, 1, 4, 2, 3)
         w = w.reshape(conv.out_channels, conv.in_channels * self.kz, *conv.kernel_size[:2])
@@ -394,7 +400,7 @@ class _Block(nn.Module):
         elif isinstance(block, AHBasicBlock):
             convs = [_Conv(block.conv1, block.bn1), _Conv(block.conv2, block.bn2, shift)]
         else:
-            raise TypeError(f"not an AH-ResNet block: {type(block).__name__}")
+            raise NotCovered(f"not an AH-ResNet block: {type(block).__name__}")
         self.convs = nn.ModuleList(convs)
         self.pool = _zfactor(block.pool_z)
         self.down = None if ds is None else _Conv(ds.conv)
@@ -436,6 +442,8 @@ class _DenseLayer(nn.Module):
 
     def __init__(self, layer: nn.Module):
         super().__init__()
+        if not isinstance(layer, (AnisotropicDenseLayer, Pseudo3DDenseLayer)):
+            raise NotCovered(f"no fast form of {type(layer).__name__}")
         self.anisotropic = isinstance(layer, AnisotropicDenseLayer)
         if self.anisotropic:  # xy: 1x1x1-3x3x1-1x1x1, z: 1x1x1-1x1x3-1x1x1, each BN-ReLU-conv
             (a, b, c), (d, e, f) = layer.xy, layer.z
@@ -647,11 +655,26 @@ class ChannelsLast(nn.Module):
 def optimize_for_inference(model: nn.Module) -> nn.Module:
     """The fastest eval-only equivalent of ``model`` (the default for ``ahnet predict``).
 
-    :class:`AHNet` becomes a :class:`FastAHNet` (the paper's and the released dense layers; an
-    ablation with isotropic 3x3x3 layers is not slice-separable and is left to the generic path);
-    other networks a :class:`ChannelsLast` copy with folded batch norms. ``model`` is not changed.
+    :class:`AHNet` becomes a :class:`FastAHNet` where every module has a fast form (the paper's and
+    the released networks); any other configuration (e.g. the isotropic ablation, a 1x1x3 head)
+    keeps its own slice-major forward in evaluation mode, never an error. Other networks become a
+    :class:`ChannelsLast` copy with folded batch norms. ``model`` is not changed.
     """
-    if isinstance(model, AHNet) and all(isinstance(layer, (AnisotropicDenseLayer, Pseudo3DDenseLayer))
-                                        for level in model.decoder for layer in level.dense):
-        return FastAHNet(model.eval())
+    if isinstance(model, AHNet):
+        try:
+            return FastAHNet(model.eval())
+        except NotCovered:
+            return EvalOnly(model)
     return ChannelsLast(model)
+
+
+class EvalOnly(nn.Module):
+    """A copy of ``model`` in evaluation mode without gradients (the fast path's fallback)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = copy.deepcopy(model).eval()
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
