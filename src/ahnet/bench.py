@@ -58,8 +58,11 @@ PAPER_SIZE = (384, 256, 64)
 #: Training rows (issue 12): forward, backward and an Adam step on batches of ``TRAIN_BATCH``
 #: patches of each of ``TRAIN_SIZES``: the demo's CT-like patch and the paper's CT patch (§4.2).
 TRAIN_SIZES, TRAIN_BATCH = ((96, 96, 16), (192, 192, 64)), 2
-#: The rows that can train: ours (slice-major), the same network on the plain 3D route, MONAI's.
+#: The rows that can train: ours (slice-major, freed memory kept as ``ahnet train3d`` keeps it on
+#: the CPU), the same network on the plain 3D route and MONAI's, both with the allocator's
+#: defaults; MONAI's also with freed memory kept, to tell the allocator's share from the kernels'.
 TRAIN_ROWS = ("ahnet-paper", "ahnet-released", "ahnet-released-plain", "monai-ahnet")
+MEMORY_KEPT = " (memory kept)"
 
 
 def parse_size(text: str) -> tuple[int, int, int]:
@@ -215,12 +218,18 @@ def _peak_child(row: str, size: tuple[int, int, int], device: str, threads: int)
     return peak, base
 
 
-def _train_child(row: str, size: tuple[int, int, int], device: str, threads: int, steps: int) -> dict:
+def _train_child(row: str, size: tuple[int, int, int], device: str, threads: int, steps: int,
+                 keep_memory: bool) -> dict:
     """In a fresh process: ``steps`` training steps (forward, backward, Adam) of ``row`` on batches
     of ``TRAIN_BATCH`` patches of ``size`` after one warm-up; times and the process's peak memory.
-    MONAI's AHNet gets the patch zero-padded to its smallest valid size, as a user would have to."""
+    MONAI's AHNet gets the patch zero-padded to its smallest valid size, as a user would have to.
+    ``keep_memory``: :func:`ahnet.memory.keep_freed_memory` first (on the CPU)."""
+    from .memory import keep_freed_memory
+
     torch.set_num_threads(threads)
     dev = torch.device(device)
+    if keep_memory and dev.type == "cpu":
+        keep_freed_memory()
     model = _network(row)
     if row.endswith("-plain"):
         model.slice_major = False
@@ -248,6 +257,7 @@ def _train_child(row: str, size: tuple[int, int, int], device: str, threads: int
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _status_mb("VmHWM")
     step = statistics.median(times[1:])
     return {"patch": list(size), "ran_on": list(shape), "batch": TRAIN_BATCH, "steps": steps,
+            "memory_kept": keep_memory and dev.type == "cpu",
             "median_step_s": step, "min_step_s": min(times[1:]), "max_step_s": max(times[1:]),
             "patches_per_s": TRAIN_BATCH / step, "peak_mem_mb": peak}
 
@@ -321,6 +331,15 @@ def machine(device: torch.device) -> str:
     return f"{name}, {os.cpu_count()} cores"
 
 
+def _train_rows(rows: tuple[str, ...]) -> list[tuple[str, str, bool]]:
+    """(label, row, freed memory kept) of each training run: ours as the trainer runs, the others
+    with the allocator's defaults, and MONAI's once more with freed memory kept."""
+    runs = [(row, row, not row.endswith("-plain") and row != "monai-ahnet") for row in rows if row in TRAIN_ROWS]
+    if "monai-ahnet" in rows:
+        runs.append(("monai-ahnet" + MEMORY_KEPT, "monai-ahnet", True))
+    return runs
+
+
 def run_bench(device: str = "cpu", size: tuple[int, int, int] = PAPER_SIZE, repeats: int = 3,
               rows: tuple[str, ...] = tuple(ROWS), train_steps: int = 0, progress: bool = True,
               train_sizes: tuple[tuple[int, int, int], ...] = TRAIN_SIZES) -> dict:
@@ -352,7 +371,7 @@ def run_bench(device: str = "cpu", size: tuple[int, int, int] = PAPER_SIZE, repe
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     threads = torch.get_num_threads()
-    train_rows = [r for r in rows if r in TRAIN_ROWS] if train_steps else []
+    train_rows = _train_rows(rows) if train_steps else []
     bar = tqdm(total=len(rows) * (repeats + 2) + len(train_rows) * len(train_sizes), desc="bench", unit="run",
                disable=None if progress else True)
     try:
@@ -378,9 +397,10 @@ def run_bench(device: str = "cpu", size: tuple[int, int, int] = PAPER_SIZE, repe
                 bar.update()
             for patch in train_sizes:
                 key = "x".join(map(str, patch))
-                for row in train_rows:
-                    bar.set_postfix_str(f"{row} training at {key} (own process)")
-                    train.setdefault(key, {})[row] = children.run("train", row, patch, str(dev), threads, train_steps)
+                for label, row, keep in train_rows:
+                    bar.set_postfix_str(f"{label} training at {key} (own process)")
+                    train.setdefault(key, {})[label] = children.run("train", row, patch, str(dev), threads,
+                                                                    train_steps, keep)
                     bar.update()
         peak = max(peak, matmul_peak_gflops(dev))
     finally:
@@ -439,13 +459,13 @@ def format_table(result: dict) -> str:
     for patch, trained in result.get("train", {}).items():
         notes += ["", f"training step (forward, backward, Adam) on {TRAIN_BATCH} patches of {patch}, "
                   f"median (min-max) of {next(iter(trained.values()))['steps']} after a warm-up:",
-                  f"{'model':<22}{'step s':>9}{'min-max s':>16}{'patches/s':>11}{'peak MB':>9}{'time/MONAI':>12}"
+                  f"{'model':<28}{'step s':>9}{'min-max s':>16}{'patches/s':>11}{'peak MB':>9}{'time/MONAI':>12}"
                   f"{'mem/MONAI':>11}"]
-        monai = trained.get("monai-ahnet")
+        monai = trained.get("monai-ahnet")  # as MONAI's users run it
         for row, t in trained.items():
             vs = (f"{t['median_step_s'] / monai['median_step_s']:>12.2f}{t['peak_mem_mb'] / monai['peak_mem_mb']:>11.2f}"
                   if monai else "")
             ran = "" if t["ran_on"] == t["patch"] else f"  (padded to {'x'.join(map(str, t['ran_on']))})"
-            notes.append(f"{row:<22}{t['median_step_s']:>9.3f}{t['min_step_s']:>8.3f}-{t['max_step_s']:<7.3f}"
+            notes.append(f"{row:<28}{t['median_step_s']:>9.3f}{t['min_step_s']:>8.3f}-{t['max_step_s']:<7.3f}"
                          f"{t['patches_per_s']:>11.3f}{t['peak_mem_mb']:>9.0f}{vs}{ran}")
     return "\n".join(lines + notes)

@@ -54,6 +54,9 @@ class TrainConfig:
     options: dict[str, Any] | None = None
     #: also write each epoch's scalars to RUN/tensorboard (needs the tensorboard package)
     tensorboard: bool = False
+    #: on the CPU, let the C allocator return freed memory to the system (lower peak memory, much
+    #: slower steps; see :mod:`ahnet.memory`)
+    lean_memory: bool = False
 
     def __post_init__(self):
         self.patch = tuple(int(p) for p in self.patch)

@@ -35,6 +35,7 @@ from ..data.sampling import CaseLoader, EpochSampler, PatchDataset, Preprocessin
 from ..errors import AhnetError, CheckpointError, ConfigError
 from ..fileio import atomic_write_text, ensure_output_dir, remove_stale_temps
 from ..losses import LossSchedule
+from ..memory import keep_freed_memory
 from ..models.factory import build_model, model_meta, model_from_meta
 from .checkpoint import copy_checkpoint, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
@@ -88,7 +89,7 @@ def _unwrap_worker_error(err: AhnetError) -> AhnetError:
 
 
 #: Settings a resumed run may change: where it runs, its logging, and how long its last stage lasts.
-RESUME_CHANGES = ("device", "workers", "tensorboard", "epochs")
+RESUME_CHANGES = ("device", "workers", "tensorboard", "epochs", "lean_memory")
 
 
 def resumed_config(saved: dict[str, Any], changes: dict[str, Any]) -> TrainConfig:
@@ -289,6 +290,8 @@ class Trainer:
         ``interrupted`` names the signal."""
         resuming = self._resume_from is not None
         had_checkpoint = (self.out / "checkpoint_latest.pt").exists()
+        if self.dist.device.type == "cpu" and not self.config.lean_memory:
+            keep_freed_memory()
         try:
             with StopSignals(self._describe_saved) as self._stop:
                 return self._fit()
