@@ -15,6 +15,7 @@ import contextlib
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -81,7 +82,9 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path, size: Sequen
 
 
 def _torchscript(model: torch.nn.Module, example: torch.Tensor, path: str):
-    traced = torch.jit.trace(model, example, check_trace=False)
+    with warnings.catch_warnings():  # shape-dependent Python branches: fixed at the traced size, as documented
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, example, check_trace=False)
     traced.save(path)
     return torch.jit.load(path)
 
