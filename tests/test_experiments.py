@@ -50,6 +50,23 @@ def test_rerun_skips_finished_arms(table4, monkeypatch):
     assert again["rows"] == before
 
 
+def test_arms_finished_with_other_settings_are_trained_again(table4, tmp_path, monkeypatch):
+    # A finished arm of another seed (or scale) is never reported as this run's (issue 12 found the
+    # demo reporting networks trained at an older scale).
+    import shutil
+
+    import ahnet.training
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    copy = tmp_path / "table4"
+    shutil.copytree(table4, copy)
+    monkeypatch.setattr(ahnet.training, "Trainer", refuse)
+    with pytest.raises(AssertionError, match="trained again"):
+        run_experiment("table4", copy, scale="tiny", device="cpu", workers=0, progress=False, seed=1)
+
+
 def test_transfer_keeps_structure_options(table4, tmp_path):
     source = table4 / "mc-gcn" / "train" / "checkpoint_best.pt"
     out = transfer_checkpoint(source, tmp_path / "init.pt", options={"dense_layer": "isotropic", "pyramid_pools": []})

@@ -338,12 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(run=_bench)
 
-    demo = commands.add_parser("demo", help="the whole method on built-in synthetic data (about 13 min on a 2-core CPU)")
+    demo = commands.add_parser("demo", help="the whole method on built-in synthetic data (about 7 min on a 2-core CPU)")
     demo.add_argument("--out", default="ahnet-demo", help="output folder (default ./ahnet-demo)")
     demo.add_argument("--task", choices=("seg", "det", "both"), default="both",
                       help="CT-like segmentation, DBT-like detection, or both")
     demo.add_argument("--scale", choices=("cpu", "gpu", "tiny"), default="cpu",
-                      help="cpu: about 13 min on 2 cores (default); gpu: larger data and networks; tiny: a smoke test")
+                      help="cpu: about 7 min on 2 cores (default); gpu: larger data and networks; tiny: a smoke test")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     demo.add_argument("--seed", type=int, default=0, help="seeds the phantoms and the training")
     demo.add_argument("--workers", type=int, default=2, help="DataLoader workers sampling patches")

@@ -5,7 +5,7 @@ test set (:mod:`ahnet.synth`), train MC-GCN on 3-slice stacks, transfer its enco
 train AH-Net in two stages (decoder with the encoder frozen, then jointly, §3.4), predict the
 held-out volumes with both, evaluate them (Dice or FROC) and write the HTML report of AH-Net.
 Beside the networks' numbers the demo prints a trivial baseline (every body voxel called liver;
-random detections), so that learning is visible. The ``cpu`` scale takes about 13 minutes
+random detections), so that learning is visible. The ``cpu`` scale takes about 7 minutes
 on a 2-core CPU; on a GPU it uses the GPU (``device="auto"``).
 """
 

@@ -11,13 +11,16 @@ the same way (same data, patches, iterations and evaluation) so that rows are co
 - ``table3`` (timing) is :func:`ahnet.bench.run_bench`.
 
 Each arm writes ``result.json`` into its own folder when done; rerunning the same command skips the
-finished arms, so a crash costs at most the arm in progress. ``results.md`` and ``results.json``
+finished arms, so a crash costs at most the arm in progress (an arm finished with another scale or
+seed is trained again, never reported as this run's). ``results.md`` and ``results.json``
 hold the table, beside the paper's numbers, which come from a GPU and the paper's data, never ours.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -185,12 +188,19 @@ def run_arms(task: str, arms: tuple[Arm, ...], scale: Scale, data: Path, test: P
     common = dict(data=str(data), backbone=scale.backbone, iters_per_epoch=scale.iters, device=device, seed=seed,
                   workers=workers, val_patches=4)
     results: dict[str, dict] = {}
+    settings = {"scale": asdict(scale), "seed": seed}
     for arm in arms:
         folder = out / _slug(arm.name)
         done = folder / "result.json"
         if done.is_file():
-            results[arm.name] = json.loads(done.read_text())
-            continue
+            finished = json.loads(done.read_text())
+            if finished.get("settings") == json.loads(json.dumps(settings)):
+                results[arm.name] = finished
+                continue
+            # Trained with another scale or seed (or by a version that did not record them): redone,
+            # never reported as this run's.
+            print(f"{arm.name}: {folder} was trained with other settings; training it again", file=sys.stderr)
+            shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         start = time.time()
         run = dict(common, out=str(folder / "train"), model=arm.model, focal=arm.focal,
@@ -218,7 +228,7 @@ def run_arms(task: str, arms: tuple[Arm, ...], scale: Scale, data: Path, test: P
         result = {"arm": asdict(arm) | {"options": dict(arm.options)}, "task": task,
                   "metrics": evaluate_predictions(task, folder / "predictions", test),
                   "best_validation": trained["best_metric"], "train_s": round(train_s, 1),
-                  "predict_s": round(predict_s, 1), "parameters": params}
+                  "predict_s": round(predict_s, 1), "parameters": params, "settings": settings}
         _write_json(done, result)
         results[arm.name] = result
     return results
