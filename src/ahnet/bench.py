@@ -238,8 +238,7 @@ def _train_child(row: str, size: tuple[int, int, int], device: str, threads: int
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(TRAIN_BATCH, 1, *shape, device=dev, generator=gen)
-    target = torch.rand(TRAIN_BATCH, model.out_channels if hasattr(model, "out_channels") else 1, *shape,
-                        device=dev, generator=gen)
+    target = None
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = []
@@ -248,6 +247,8 @@ def _train_child(row: str, size: tuple[int, int, int], device: str, threads: int
         t = time.perf_counter()
         with _autocast(dev):
             out = model(x)
+        if target is None:  # in the warm-up step, which is not counted
+            target = torch.rand(out.shape, device=dev, generator=gen)
         loss = F.mse_loss(out.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
