@@ -94,7 +94,9 @@ def _predict(args: argparse.Namespace) -> int:
     radius = args.nms_radius_mm[0] if len(args.nms_radius_mm) == 1 else tuple(args.nms_radius_mm)
     if not args.checkpoint:
         raise ConfigError("-m/--checkpoint CHECKPOINT is required (a checkpoint_best.pt of train2d / train3d)")
-    result = predict(args.checkpoint, args.input, args.output, device=args.device, overlap=args.overlap,
+    from .pipeline import resolve_model
+
+    result = predict(resolve_model(args.checkpoint), args.input, args.output, device=args.device, overlap=args.overlap,
                      batch_size=args.batch_size, mirror=args.mirror, save_probabilities=args.save_probabilities,
                      nms_radius_mm=radius, threshold=args.threshold, top_k=args.top_k, overwrite=args.overwrite,
                      max_memory=None if args.max_memory is None else args.max_memory * 2**30)
@@ -188,8 +190,56 @@ def _import(args: argparse.Namespace) -> int:
 
     labels = [name.strip() for name in args.labels.split(",")] if args.labels else None
     case = add_case(args.dataset, args.image, args.label, case=args.case, labels=labels, modality=args.modality,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, series=args.series)
     print(f"case {case!r} added to {args.dataset}")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .pipeline import plan_dataset
+
+    plan, path = plan_dataset(args.dataset, args.out, time_budget=args.time_budget, device=args.device,
+                              work=args.work, ct_scheme=args.ct_normalisation, workers=args.workers,
+                              progress=not args.quiet)
+    a, m = plan["ahnet"], plan["mcgcn"]
+    spacing = plan["spacing"]
+    print(f"plan written to {path}: in-plane spacing {spacing['inplane']} mm, z "
+          f"{spacing['z'] or 'kept'}; normalisation {', '.join(n['scheme'] for n in plan['normalisation'])}; "
+          f"MC-GCN {m['backbone']} {'x'.join(map(str, m['patch']))} x {m['epochs']} epoch(s), AH-Net "
+          f"{'x'.join(map(str, a['patch']))} x {a['stage1_epochs']} + {a['epochs']} epoch(s) of "
+          f"{a['iters_per_epoch']} steps")
+    return 0
+
+
+def _preprocess(args: argparse.Namespace) -> int:
+    from .pipeline import plan_dataset, preprocess
+    from .planning import read_plan
+
+    if args.plan:
+        plan = read_plan(args.plan)
+    else:
+        default = Path(args.work or Path(args.dataset) / "preprocessed") / "plans.json"
+        plan = read_plan(default) if default.is_file() else plan_dataset(
+            args.dataset, default, work=args.work, workers=args.workers, progress=not args.quiet)[0]
+    report = preprocess(args.dataset, plan, work=args.work, workers=args.workers, progress=not args.quiet)
+    print(report.text())
+    return 0
+
+
+def _train_run(args: argparse.Namespace) -> int:
+    from .pipeline import train_run
+
+    result = train_run(args.dataset, args.out, time_budget=args.time_budget, plan_file=args.plan,
+                       pretrained=args.pretrained, device=args.device, work=args.work, workers=args.workers,
+                       progress=not args.quiet)
+    if result["interrupted"]:
+        import signal
+
+        print(f"ahnet train: interrupted by {result['interrupted']} in step {result['step']}; run the same "
+              "command again to continue", file=sys.stderr)
+        return 128 + int(signal.Signals[result["interrupted"]])
+    print(f"trained in {result['seconds'] / 60:.1f} min; model {result['model']} "
+          f"(predict with: ahnet predict -m {args.out} -i IMAGES -o OUT)")
     return 0
 
 
@@ -292,7 +342,10 @@ def _add_train_arguments(p: argparse.ArgumentParser, dims: int) -> None:
     p.add_argument("--inplane-spacing", type=float, help="resample X and Y to this spacing in mm")
     p.add_argument("--sigma-scale", type=float, default=0.25, help="heatmap sigma per box extent (Eq. 5)")
     if dims == 2:
-        p.add_argument("--pretrained", help="local torchvision-format ImageNet ResNet file for mc-gcn")
+        p.add_argument("--pretrained", metavar="imagenet|FILE",
+                       help="ImageNet weights for mc-gcn's ResNet encoder (§3.1): 'imagenet' takes torchvision's "
+                       "from torch hub's cache ($TORCH_HOME/hub/checkpoints, downloaded once if absent), FILE a "
+                       "local torchvision-format state_dict; without it the encoder starts from random weights")
     else:
         p.add_argument("--init", help="transferred AH-Net checkpoint from `ahnet transfer`")
         p.add_argument("--stage1-epochs", type=int,
@@ -375,11 +428,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true", help="replace an earlier synthetic data set in --out")
     synth.set_defaults(run=_synth)
 
-    imp = commands.add_parser("import", help="add a NIfTI image (and label) to a data set as a new case")
+    imp = commands.add_parser("import", help="add a NIfTI image or DICOM series (and label) to a data set as a new "
+                              "case")
     imp.add_argument("dataset", help="data set folder (created with its dataset.json if absent)")
-    imp.add_argument("--image", required=True, help="3D NIfTI image")
-    imp.add_argument("--label", help="its label map (same grid)")
-    imp.add_argument("--case", help="case name (default: the image's file name)")
+    imp.add_argument("--image", required=True, help="3D NIfTI image, or a folder holding a DICOM series "
+                     "(pip install 'ahnet[dicom]')")
+    imp.add_argument("--label", help="its label map (same grid; NIfTI or a DICOM series folder)")
+    imp.add_argument("--series", metavar="UID", help="the DICOM series (Series Instance UID) to import when the "
+                     "--image folder holds several; the error without it lists them")
+    imp.add_argument("--case", help="case name (default: the image's file or folder name)")
     imp.add_argument("--labels", help="names of the label values 0,1,..., e.g. background,liver,lesion (new data set)")
     imp.add_argument("--modality", default="CT", help="channel name; CT gets HU windowing (default CT)")
     imp.add_argument("--overwrite", action="store_true", help="replace a case of the same name")
@@ -389,6 +446,42 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("dataset", help="data set folder")
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(run=_verify)
+
+    def planning_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--work", metavar="DIR", help="where fingerprint, plans and preprocessed cases live "
+                       "(default: DATASET/preprocessed)")
+        p.add_argument("--workers", type=int, default=2, help="cases prepared in parallel")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    plan = commands.add_parser("plan", help="derive the training recipe (plans.json) from the data and a time budget")
+    plan.add_argument("dataset", help="data set folder (nnU-Net v2 raw format)")
+    plan.add_argument("--time-budget", metavar="DURATION",
+                      help="training time on this machine, e.g. 30m or 12h: sets the iterations from measured steps")
+    plan.add_argument("-o", "--out", help="plan file to write (default: WORK/plans.json)")
+    plan.add_argument("--device", default="auto", help="the device the plan is for: auto, cpu or cuda")
+    plan.add_argument("--ct-normalisation", choices=("ct", "liver-window", "zscore"), default="ct",
+                      help="CT channels: clip to the foreground's 0.5-99.5 percentiles and z-score (ct, as nnU-Net), "
+                      "the paper's -125..225 HU window (liver-window), or a z-score per case")
+    planning_options(plan)
+    plan.set_defaults(run=_plan)
+
+    prep = commands.add_parser("preprocess", help="prepare every case once (memory-mapped) for training")
+    prep.add_argument("dataset", help="data set folder (nnU-Net v2 raw format)")
+    prep.add_argument("--plan", help="plans.json to follow (default: WORK/plans.json, written by `ahnet plan` if absent)")
+    planning_options(prep)
+    prep.set_defaults(run=_preprocess)
+
+    train = commands.add_parser("train", help="the whole procedure in one command: plan, preprocess, MC-GCN, "
+                                "transfer, AH-Net (resumable)")
+    train.add_argument("dataset", help="data set folder (nnU-Net v2 raw format, + boxesTr.json for detection)")
+    train.add_argument("--out", required=True, help="run folder (the same command again continues the run)")
+    train.add_argument("--time-budget", metavar="DURATION",
+                       help="training time, e.g. 30m on a CPU or 12h on a GPU (default 30m, for a new plan)")
+    train.add_argument("--plan", help="a plans.json to follow instead of planning (copied into the run)")
+    train.add_argument("--pretrained", metavar="imagenet|FILE", help="ImageNet weights for MC-GCN's encoder (§3.1)")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    planning_options(train)
+    train.set_defaults(run=_train_run)
 
     train2d = commands.add_parser("train2d", help="train MC-GCN (or the 2D U-Net) on 3-slice stacks")
     _add_train_arguments(train2d, 2)
@@ -407,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="predict whole volumes with a trained checkpoint")
     predict.add_argument("-m", "--checkpoint",
-                         help="training checkpoint (checkpoint_best.pt); --model, its old name, still works")
+                         help="training checkpoint (checkpoint_best.pt) or an `ahnet train` run folder; --model, its "
+                         "old name, still works")
     predict.add_argument("--model", dest="checkpoint", help=argparse.SUPPRESS)  # --model is an architecture elsewhere
     predict.add_argument("-i", "--input", required=True, help="a NIfTI file or a folder ({case}_0000.nii.gz)")
     predict.add_argument("-o", "--out", "--output", dest="output", required=True, metavar="OUT",

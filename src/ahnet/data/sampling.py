@@ -17,137 +17,17 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import ConfigError, DataError
-from .dataset import AFFINE_TOL, CaseFiles, DatasetInfo
-from .heatmap import gaussian_heatmap
-from .intensity import Intensity
-from .volume import boxes_to_network, load_volume, read_header
-
-#: Foreground voxels remembered per class and case for positive sampling (as nnU-Net does).
-MAX_FOREGROUND_SAMPLES = 10_000
-
-
-@dataclass
-class PreparedCase:
-    """A case in memory, in network orientation, ready for cropping."""
-
-    name: str
-    image: np.ndarray                 # (C, X, Y, Z) float32, normalised
-    target: np.ndarray                # seg: (X, Y, Z) int64; det: (X, Y, Z) float32 heatmap
-    foreground: list[np.ndarray]      # per foreground class (seg) or box (det): (K, 3) voxel indices
-    boxes: list[tuple[int, ...]]      # det: boxes in network axes (after resampling)
-    spacing: tuple[float, float, float]
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Everything that turns files into network inputs; stored in checkpoints for prediction."""
-
-    task: str                                   # "seg" or "det"
-    intensity: Intensity
-    inplane_spacing: float | None = None        # resample X and Y to this spacing (mm), or keep
-    sigma_scale: float = 0.25                   # heatmap Gaussian width per box extent (Eq. 5)
-
-    def to_dict(self) -> dict:
-        return {"task": self.task, "intensity": {"mode": self.intensity.mode, "window": list(self.intensity.window)},
-                "inplane_spacing": self.inplane_spacing, "sigma_scale": self.sigma_scale}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(d["task"], Intensity(d["intensity"]["mode"], tuple(d["intensity"]["window"])),
-                   d.get("inplane_spacing"), d.get("sigma_scale", 0.25))
-
-
-def resample_inplane(array: np.ndarray, spacing: Sequence[float], target: float, label: bool) -> np.ndarray:
-    """Resample the X and Y axes of ``(C, X, Y, Z)`` to ``target`` mm; Z is left as it is."""
-    size = [max(1, round(array.shape[1 + i] * spacing[i] / target)) for i in range(2)]
-    if size == list(array.shape[1:3]):
-        return array
-    t = torch.from_numpy(np.ascontiguousarray(array)).unsqueeze(0)
-    out_size = (*size, array.shape[3])
-    if label:
-        out = F.interpolate(t.float(), size=out_size, mode="nearest").to(t.dtype)
-    else:
-        out = F.interpolate(t, size=out_size, mode="trilinear", align_corners=False)
-    return out[0].numpy()
-
-
-def prepare_case(case: CaseFiles, info: DatasetInfo, prep: Preprocessing, seed: int = 0) -> PreparedCase:
-    """Load, reorient (thick axis last), normalise and optionally resample one training case."""
-    channels = [load_volume(p) for p in case.images]
-    ref = channels[0]
-    image = np.stack([prep.intensity(v.array) for v in channels])
-    spacing = tuple(ref.spacing)
-    rng = np.random.default_rng([seed, 7919])
-    boxes: list[tuple[int, ...]] = []
-    if prep.task == "seg":
-        if case.label is None:
-            raise DataError(f"case {case.name}: a segmentation case needs a label file")
-        target = load_volume(case.label, is_label=True).array
-        if target.shape != image.shape[1:]:
-            raise DataError(f"case {case.name}: label shape {target.shape} differs from image {image.shape[1:]}")
-        known = sorted(info.labels.values()) if info is not None else None
-        unknown = []
-        if known and target.size and (target.min() < 0 or target.max() >= len(known)):
-            unknown = [int(v) for v in np.unique(target) if not 0 <= v < len(known)]
-        if unknown:
-            raise DataError(f"case {case.name}: {case.label}: label values {unknown[:10]} are not in "
-                            f"dataset.json's labels {known}")
-    if prep.inplane_spacing:
-        scale = [spacing[i] / prep.inplane_spacing for i in range(2)]
-        image = resample_inplane(image, spacing, prep.inplane_spacing, label=False)
-        if prep.task == "seg":
-            target = resample_inplane(target[None], spacing, prep.inplane_spacing, label=True)[0]
-        spacing = (prep.inplane_spacing, prep.inplane_spacing, spacing[2])
-    else:
-        scale = [1.0, 1.0]
-    if prep.task == "seg":
-        foreground = []
-        for cls in np.unique(target):
-            if cls == 0:
-                continue
-            idx = np.argwhere(target == cls)
-            if len(idx) > MAX_FOREGROUND_SAMPLES:
-                idx = idx[rng.choice(len(idx), MAX_FOREGROUND_SAMPLES, replace=False)]
-            foreground.append(idx)
-    else:
-        boxes = [_scale_box(b, scale, image.shape[1:]) for b in boxes_to_network(case.boxes or [], ref.axes)]
-        target = gaussian_heatmap(image.shape[1:], boxes, sigma_scale=prep.sigma_scale)
-        foreground = [_box_voxels(b, image.shape[1:], rng) for b in boxes]
-    return PreparedCase(case.name, image.astype(np.float32), target, foreground, boxes, spacing)
-
-
-class CaseLoader:
-    """Picklable ``prepare_case`` with fixed arguments, for DataLoader workers of any start method."""
-
-    def __init__(self, info: DatasetInfo, prep: Preprocessing, seed: int = 0):
-        self.info, self.prep, self.seed = info, prep, seed
-
-    def __call__(self, case: CaseFiles) -> PreparedCase:
-        return prepare_case(case, self.info, self.prep, self.seed)
-
-
-def _scale_box(box: Sequence[int], scale: Sequence[float], shape: Sequence[int]) -> tuple[int, ...]:
-    """A box (inclusive voxel indices) after the X and Y axes were resampled by ``scale``."""
-    lo, hi = list(box[:3]), list(box[3:])
-    for axis in range(2):
-        lo[axis] = math.floor(lo[axis] * scale[axis])
-        hi[axis] = min(shape[axis] - 1, max(lo[axis], math.ceil((hi[axis] + 1) * scale[axis]) - 1))
-    return (*lo, *hi)
-
-
-def _box_voxels(box: Sequence[int], shape: Sequence[int], rng: np.random.Generator, n: int = 64) -> np.ndarray:
-    lo = np.maximum(np.array(box[:3]), 0)
-    hi = np.minimum(np.array(box[3:]), np.array(shape) - 1)
-    return rng.integers(lo, hi + 1, size=(n, 3))
+from .dataset import AFFINE_TOL, CaseFiles
+from .preprocessing import (  # noqa: F401  (the names training imported from here before)
+    CaseLoader, PreparedCase, Preprocessing, prepare_case, resample_inplane, resampled_shape)
+from .volume import read_header
 
 
 def check_patch_fits(shape: Sequence[int], patch: Sequence[int], case: str, max_pad_fraction: float = 0.5) -> None:
@@ -161,7 +41,7 @@ def check_patch_fits(shape: Sequence[int], patch: Sequence[int], case: str, max_
 
 
 def check_cases(cases: Sequence[CaseFiles], patch: Sequence[int], mode: str = "3d",
-                inplane_spacing: float | None = None) -> None:
+                inplane_spacing: float | None = None, z_spacing: float | None = None) -> None:
     """Check every case from its file headers alone, before training starts (cheap: no voxel data
     is read): readable 3D NIfTI files with a valid voxel size, channels and label on one grid (same
     shape, affine and voxel size), boxes inside the volume, and a volume that fits the patch.
@@ -189,9 +69,10 @@ def check_cases(cases: Sequence[CaseFiles], patch: Sequence[int], mode: str = "3
                 raise DataError(f"case {case.name}: box {k} {list(box)} lies outside the volume {ref.path} "
                                 f"(file shape {ref.file_shape}, box indices are inclusive)")
         shape = list(ref.shape)
-        if inplane_spacing:
+        if inplane_spacing or z_spacing:
             sp = ref.network_spacing
-            shape[:2] = [max(1, round(shape[i] * sp[i] / inplane_spacing)) for i in range(2)]
+            shape = list(resampled_shape(shape, sp, (inplane_spacing or sp[0], inplane_spacing or sp[1],
+                                                     z_spacing or sp[2])))
         try:
             check_patch_fits(shape, patch, case.name)
         except DataError as e:
@@ -323,7 +204,12 @@ class PatchDataset(Dataset):
             positive = False  # a negative volume: nothing to centre on
         shape = prepared.image.shape[1:]
         if positive:
-            group = prepared.foreground[int(rng.integers(len(prepared.foreground)))]
+            k = int(rng.integers(len(prepared.foreground)))
+            group = prepared.foreground[k]
+            offsets = prepared.components[k] if prepared.components is not None else None
+            if offsets is not None and len(offsets) > 2:  # a class of several lesions: each gets its share
+                c = int(rng.integers(len(offsets) - 1))
+                group = group[offsets[c]:offsets[c + 1]]
             centre = group[int(rng.integers(len(group)))]
             # Jitter so that lesions are not always in the middle of the patch.
             jitter = [int(rng.integers(-(p // 4), p // 4 + 1)) for p in self.patch]

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.sampling import Preprocessing
+from ..data.preprocessing import Preprocessing
 from ..data.volume import Header, Volume, load_volume, to_file_orientation
 from ..errors import CheckpointError, ConfigError, DataError, ResourceError
 from ..fileio import atomic_write
@@ -164,11 +164,7 @@ class Predictor:
         the images, the window aggregation buffers (MONAI), the probabilities and their copies."""
         shape = headers[0].shape
         voxels = math.prod(shape)
-        target = self.preprocessing.inplane_spacing
-        if target:
-            sp = headers[0].network_spacing
-            resampled = [max(1, round(shape[i] * sp[i] / target)) for i in range(2)]
-            voxels = max(voxels, resampled[0] * resampled[1] * shape[2])
+        voxels = max(voxels, math.prod(self.preprocessing.resampled_shape(shape, headers[0].network_spacing)))
         c, k = len(headers), int(self.meta["out_channels"])
         return voxels * (4 * (3 * c + 6 * k + 1) + 8)
 
@@ -194,14 +190,9 @@ class Predictor:
         for v in volumes[1:]:
             if v.array.shape != ref.array.shape:
                 raise DataError(f"case {case}: channel {v.path} has shape {v.array.shape}, {ref.path} {ref.array.shape}")
-        image = np.stack([self.preprocessing.intensity(v.array) for v in volumes])
-        target = self.preprocessing.inplane_spacing
-        if target:
-            from ..data.sampling import resample_inplane
-
-            image = resample_inplane(image, ref.spacing, target, label=False)
+        image = self.preprocessing.image(volumes)
         output = self.predict_array(image)
-        if output.shape[1:] != ref.array.shape:  # undo the in-plane resampling
+        if output.shape[1:] != ref.array.shape:  # undo the resampling
             t = torch.from_numpy(output)[None]
             output = F.interpolate(t, size=ref.array.shape, mode="trilinear", align_corners=False)[0].numpy()
         return Prediction(case, to_file_orientation(output, ref), ref, self.task)

@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .imagenet import imagenet_weights_file, is_imagenet
 from .padding import check_input, crop_spatial, pad_to_multiple
 from .presets import MCGCN_PRESETS, MCGCNSpec, resolve_preset
 from .resnet import TAP_NAMES, ResNet, load_torchvision_weights, stage_widths
@@ -138,7 +139,9 @@ class MCGCN(nn.Module):
         backbone: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"`` (the paper's).
         in_channels: input channels, 3 = three neighbouring slices (§3.1).
         preset: ``"paper"`` (default) or ``"released"``; see :mod:`ahnet.models.presets`.
-        pretrained: a local torchvision-format ImageNet file for the encoder (nothing is downloaded).
+        pretrained: a local torchvision-format ImageNet file for the encoder, or ``"imagenet"`` for
+            torchvision's ImageNet weights from torch hub's cache (downloaded once if absent; see
+            :mod:`ahnet.models.imagenet`).
         **overrides: fields of :class:`~ahnet.models.presets.MCGCNSpec` to change.
 
     Input ``(N, in_channels, X, Y)`` of any size; output ``(N, out_channels, X, Y)``. Inputs are
@@ -166,6 +169,8 @@ class MCGCN(nn.Module):
             raise ConfigError(f"GCN taps must be among {TAP_NAMES}, got {spec.gcn_taps}")
         self.spec, self.preset, self.in_channels, self.out_channels = spec, preset, in_channels, out_channels
         self.encoder = ResNet(backbone, in_channels=in_channels)
+        if is_imagenet(pretrained):
+            pretrained = imagenet_weights_file(backbone)
         if pretrained is not None:
             load_torchvision_weights(self.encoder, pretrained)
         widths = dict(zip(TAP_NAMES, stage_widths(backbone)))

@@ -48,12 +48,16 @@ class TrainConfig:
     window: tuple[float, float] | None = None
     inplane_spacing: float | None = None
     sigma_scale: float = 0.25
+    #: MC-GCN's encoder weights: a torchvision-format ImageNet file, or "imagenet" (torch hub's cache)
     pretrained: str | None = None
     init: str | None = None
     #: structure overrides of the preset (``AHNetSpec`` / ``MCGCNSpec`` fields), e.g. for ablations
     options: dict[str, Any] | None = None
     #: also write each epoch's scalars to RUN/tensorboard (needs the tensorboard package)
     tensorboard: bool = False
+    #: a store written by ``ahnet preprocess``: cases are read from it (memory-mapped) with its settings,
+    #: instead of being prepared from the raw files by ``window`` and ``inplane_spacing``
+    preprocessed: str | None = None
     #: on the CPU, let the C allocator return freed memory to the system (lower peak memory, much
     #: slower steps; see :mod:`ahnet.memory`)
     lean_memory: bool = False
@@ -82,6 +86,9 @@ class TrainConfig:
             raise ConfigError(
                 f"batch_size 1 with patch {'x'.join(map(str, self.patch))} leaves one voxel per channel at the "
                 f"{self.model}'s deepest level, where batch norm cannot train; use batch_size >= 2 or a larger patch")
+        if self.preprocessed and (self.window or self.inplane_spacing):
+            raise ConfigError("--preprocessed data carry their own intensity window and spacing; "
+                              "drop --window / --inplane-spacing (or preprocess again with them)")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise ConfigError(f"amp must be auto, bf16, fp16 or none, got {self.amp!r}")
 

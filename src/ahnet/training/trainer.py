@@ -18,6 +18,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +32,15 @@ from torch.utils.data import DataLoader
 
 from ..data.dataset import CaseFiles, DatasetInfo, load_dataset
 from ..data.intensity import Intensity
-from ..data.sampling import CaseLoader, EpochSampler, PatchDataset, Preprocessing, check_cases
+from ..data.preprocessing import CaseLoader, Preprocessing
+from ..data.sampling import EpochSampler, PatchDataset, check_cases
+from ..data.store import PreprocessedStore, StoredCaseLoader
 from ..errors import AhnetError, CheckpointError, ConfigError
 from ..fileio import atomic_write_text, ensure_output_dir, remove_stale_temps
 from ..losses import LossSchedule
 from ..memory import keep_freed_memory
 from ..models.factory import build_model, model_meta, model_from_meta
+from ..models.imagenet import IMAGENET
 from .checkpoint import copy_checkpoint, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .stopping import StopSignals
@@ -46,6 +50,12 @@ ADAM_EPS = 1e-8
 #: The training curve is redrawn at most this often (and at the end of a run): drawing it takes
 #: about a second, which short epochs would otherwise spend mostly plotting.
 CURVE_INTERVAL_S = 30.0
+#: MC-GCN's premise (§3.1) is an ImageNet-trained encoder; training it from random weights is allowed
+#: (e.g. on phantoms) but should never happen unnoticed.
+RANDOM_ENCODER_WARNING = (
+    "MC-GCN's ResNet encoder starts from random weights, although the paper's MC-GCN (§3.1) starts from "
+    "ImageNet weights; pass --pretrained imagenet (torchvision's weights via torch hub's cache) or "
+    "--pretrained FILE (a local torchvision-format file)")
 #: Files of a run folder, all written atomically (a kill leaves at most a stale temporary file).
 RUN_FILES = ("checkpoint_latest.pt", "checkpoint_best.pt", "config.json", "metrics.jsonl", "training_curve.png")
 
@@ -111,7 +121,9 @@ def resumed_config(saved: dict[str, Any], changes: dict[str, Any]) -> TrainConfi
 
 def _normalised(key: str, value: Any) -> Any:
     """Compare a command line's tuples with a checkpoint's JSON lists, and paths as the files they name."""
-    if key in ("data", "init", "pretrained") and value:
+    if key == "pretrained" and value == IMAGENET:  # torchvision's weights, not a file named "imagenet"
+        return value
+    if key in ("data", "init", "pretrained", "preprocessed") and value:
         return str(Path(value).resolve())
     return list(value) if isinstance(value, (list, tuple)) else value
 
@@ -197,11 +209,19 @@ class Trainer:
         self.dist = _Distributed(config.device)
         self.info: DatasetInfo = load_dataset(config.data)
         # Every file header, before anything is built or written: a broken case fails now, not hours in.
-        check_cases(self.info.cases, config.patch, f"{config.spatial_dims}d", config.inplane_spacing)
-        self.train_cases, self.val_cases = split_cases(self.info.cases, config.val_fraction, config.seed)
         task = self.info.task
-        self.preprocessing = Preprocessing(
-            task, Intensity.for_modality(self.info.modality, config.window), config.inplane_spacing, config.sigma_scale)
+        if config.preprocessed:
+            store = PreprocessedStore(config.preprocessed)
+            self.preprocessing = store.preprocessing()
+            store.check(self.info.cases, self.preprocessing)
+            self._case_loader = StoredCaseLoader(config.preprocessed)
+        else:
+            self.preprocessing = Preprocessing(task, Intensity.for_modality(self.info.modality, config.window),
+                                               config.inplane_spacing, config.sigma_scale)
+            self._case_loader = CaseLoader(self.info, self.preprocessing, config.seed)
+        check_cases(self.info.cases, config.patch, f"{config.spatial_dims}d", self.preprocessing.inplane_spacing,
+                    self.preprocessing.z_spacing)
+        self.train_cases, self.val_cases = split_cases(self.info.cases, config.val_fraction, config.seed)
         out_channels = self.info.num_classes if task == "seg" else 1
         channels = len(self.info.channel_names)
         torch.manual_seed(config.seed)
@@ -223,6 +243,8 @@ class Trainer:
             meta = model_meta(config.model, channels, out_channels, config.backbone, config.preset, config.options)
             self.model = build_model(config.model, channels, out_channels, config.backbone, config.preset,
                                      pretrained=config.pretrained, options=config.options)
+            if config.model == "mc-gcn" and not config.pretrained and not resume and self.dist.main:
+                warnings.warn(RANDOM_ENCODER_WARNING, UserWarning, stacklevel=2)
         self.meta = meta
         self._created_out = not self.out.exists()
         self._curve_drawn_at = -math.inf
@@ -255,9 +277,11 @@ class Trainer:
 
     def _loader(self, cases: list[CaseFiles], samples: int, seed: int, rank: int, augment: bool,
                 positive_ratio: float) -> PatchDataset:
-        return PatchDataset(cases, CaseLoader(self.info, self.preprocessing, self.config.seed),
-                            self.config.patch, samples, seed=seed, rank=rank, positive_ratio=positive_ratio,
-                            mode=f"{self.config.spatial_dims}d", augment=augment)
+        # Stored cases are memory-mapped: every one stays open (the pages are the system's cache, not ours).
+        cache = len(cases) if self.config.preprocessed else 8
+        return PatchDataset(cases, self._case_loader, self.config.patch, samples, seed=seed, rank=rank,
+                            positive_ratio=positive_ratio, mode=f"{self.config.spatial_dims}d", augment=augment,
+                            cache_size=cache)
 
     def _stage_at(self, epoch: int) -> tuple[int, Stage]:
         start = 0
