@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,17 @@ def _dicom_volume(sitk, seed: int = 0):
 
 def _write_series(sitk, image, folder: Path, uid: str) -> Path:
     """One file per slice with the tags a scanner writes (SimpleITK's "write a DICOM series" recipe);
-    stored values are HU + 1024 with a rescale intercept of -1024, as CT files usually are."""
+    stored values are HU + 1024 with a rescale intercept of -1024, as CT files usually are.
+    GDCM's writer switches the process to the C locale (Python's text files would then be read as
+    ASCII in every later test), so the locale is put back."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_slices(sitk, image, folder, uid)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(sitk, image, folder: Path, uid: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()

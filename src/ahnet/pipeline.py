@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .data.dataset import load_dataset
+from .data.dataset import DatasetInfo, load_dataset
 from .data.store import fingerprint_dataset, preprocess_dataset, settings_key
 from .errors import ConfigError
 from .fileio import atomic_write_text, ensure_output_dir
@@ -34,12 +34,12 @@ def store_folder(dataset: str | Path, plan: dict, work: str | Path | None = None
     return base / settings_key(plan_preprocessing(plan))
 
 
-def plan_dataset(dataset: str | Path, out: str | Path | None = None, *, time_budget: str | float | None = None,
+def plan_dataset(dataset: str | Path | DatasetInfo, out: str | Path | None = None, *, time_budget: str | float | None = None,
                  device: str = "cpu", work: str | Path | None = None, ct_scheme: str = "ct", workers: int = 2,
                  progress: bool = True) -> tuple[dict, Path]:
     """Fingerprint ``dataset`` (cached in the work folder) and write its plan to ``out``
     (default ``DATASET/preprocessed/plans.json``); returns the plan and its path."""
-    info = load_dataset(dataset)
+    info = _info(dataset)
     base = Path(work) if work else info.root / "preprocessed"
     ensure_output_dir(base, "preprocessed folder")
     fingerprint = fingerprint_dataset(info, base / "fingerprint.json", workers=workers, progress=progress)
@@ -50,12 +50,16 @@ def plan_dataset(dataset: str | Path, out: str | Path | None = None, *, time_bud
     return plan, path
 
 
-def preprocess(dataset: str | Path, plan: dict, *, work: str | Path | None = None, workers: int = 2,
+def preprocess(dataset: str | Path | DatasetInfo, plan: dict, *, work: str | Path | None = None, workers: int = 2,
                progress: bool = True):
     """Prepare every case that is not current for ``plan`` (see :mod:`ahnet.data.store`)."""
-    info = load_dataset(dataset)
+    info = _info(dataset)
     return preprocess_dataset(info, plan_preprocessing(plan), store_folder(info.root, plan, work),
                               workers=workers, progress=progress)
+
+
+def _info(dataset: str | Path | DatasetInfo) -> DatasetInfo:
+    return dataset if isinstance(dataset, DatasetInfo) else load_dataset(dataset)
 
 
 def _device_kind(device: str) -> str:
@@ -88,13 +92,13 @@ def train_run(dataset: str | Path, out: str | Path, *, time_budget: str | float 
         plan = read_plan(plan_file)
         write_plan(plan, plan_path)
     else:
-        plan, _ = plan_dataset(info.root, plan_path, time_budget=time_budget if time_budget is not None else "30m",
+        plan, _ = plan_dataset(info, plan_path, time_budget=time_budget if time_budget is not None else "30m",
                                device=device, work=work, workers=workers, progress=progress)
     if plan["task"] != info.task:
         raise ConfigError(f"{plan_path}: a plan for a {plan['task']} data set, but {info.root} is {info.task}")
     if pretrained is not None:
         plan["mcgcn"]["pretrained"] = pretrained
-    report = preprocess(info.root, plan, work=work, workers=workers, progress=progress)
+    report = preprocess(info, plan, work=work, workers=workers, progress=progress)
     if progress:
         print(report.text(), flush=True)
     store = str(report.root)

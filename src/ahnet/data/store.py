@@ -231,7 +231,7 @@ def preprocess_dataset(dataset: str | Path, prep: Preprocessing, out: str | Path
     atomic_write_text(store.root / "preprocessing.json", json.dumps(prep.to_dict(), indent=2))
     key = settings_key(prep)
     todo = [c for c in info.cases if not store.is_current(c, key)]
-    kept = [c.name for c in info.cases if c not in todo]
+    kept = sorted({c.name for c in info.cases} - {c.name for c in todo})
     done = _run_all(_write_one, [(str(store.root), c, info, prep) for c in todo], workers, "preprocess", progress)
     return StoreReport(store.root, done, kept)
 

@@ -19,7 +19,8 @@ def build_model(name: str, image_channels: int, out_channels: int, backbone: str
 
     2D networks get ``3 * image_channels`` inputs (three neighbouring slices per channel);
     ``backbone``/``preset`` apply to MC-GCN and AH-Net, ``pretrained`` (a torchvision ImageNet file,
-    or ``"imagenet"`` for torchvision's weights through torch hub's cache) to MC-GCN's encoder. ``options`` override fields of the preset (``MCGCNSpec`` / ``AHNetSpec``),
+    or ``"imagenet"`` for torchvision's weights through torch hub's cache) to MC-GCN's encoder.
+    ``options`` override fields of the preset (``MCGCNSpec`` / ``AHNetSpec``),
     e.g. ``{"pyramid_pools": []}`` for the ablations.
     """
     if name not in MODEL_DIMS:
