@@ -69,6 +69,23 @@ def test_time_budget_sets_the_iterations(seg, tmp_path):
     # 85 % of 600 s, 65 % of it for AH-Net at 1 s a step, 50 steps an epoch
     assert total(short) == round(600 * 0.85 * 0.65 / 1.0 / 50)
     assert long["measured_step_s"] == steps
+    _, folds = _plan(seg, tmp_path, time_budget_s=6000, step_times=steps, folds=2)
+    assert folds["folds"] == 2 and total(folds) == pytest.approx(total(long) / 2, rel=0.15)  # the folds share it
+    with pytest.raises(ConfigError, match="--folds 5"):
+        _plan(seg, tmp_path, folds=5)  # 4 cases
+
+
+def test_folds_validate_every_case_exactly_once(seg):
+    from ahnet.training.trainer import split_cases
+
+    cases = load_dataset(seg).cases
+    held = [split_cases(cases, 0.2, seed=3, folds=3, fold=k) for k in range(3)]
+    assert sorted(c.name for _, val in held for c in val) == sorted(c.name for c in cases)
+    for train, val in held:
+        assert val and not {c.name for c in train} & {c.name for c in val} and len(train) + len(val) == 4
+    assert split_cases(cases, 0.5, seed=3) == split_cases(cases, 0.5, seed=3, folds=1, fold=0)
+    with pytest.raises(ConfigError, match="5 folds need at least 5 cases"):
+        split_cases(cases, 0.2, seed=0, folds=5, fold=0)
 
 
 def test_mixed_slice_spacings_resample_z_and_other_modalities_zscore(tmp_path):
@@ -230,3 +247,57 @@ def test_a_run_stopped_in_a_step_continues_there(seg, tmp_path, monkeypatch):
     result = pipeline.train_run(seg, tmp_path / "run", device="cpu", workers=0, progress=False)
     assert result["done"] == ["mcgcn", "transfer", "ahnet"]
     assert (tmp_path / "run" / "mcgcn" / "checkpoint_latest.pt").stat().st_mtime_ns == mtime  # not trained again
+
+
+def test_train_folds_then_predict_their_ensemble(seg, tmp_path):
+    """--folds 2: one run per fold, each validated on its own fold; predict -m RUN averages both models."""
+    from ahnet.inference.predictor import Predictor
+
+    _, plan = _plan(seg, tmp_path)
+    plan["mcgcn"].update(epochs=1, iters_per_epoch=2, batch_size=2)
+    plan["ahnet"].update(stage1_epochs=1, epochs=1, iters_per_epoch=2)
+    plan_file = tmp_path / "plans.json"
+    plan_file.write_text(json.dumps(plan))
+    run = tmp_path / "run"
+    assert main(["train", str(seg), "--out", str(run), "--plan", str(plan_file), "--folds", "2", "--device", "cpu",
+                 "--workers", "0", "--quiet"]) == 0
+    state = json.loads((run / "run.json").read_text())
+    assert state["done"] == [f"fold_{k}/{s}" for k in range(2) for s in ("mcgcn", "transfer", "ahnet")]
+    assert state["models"] == [f"fold_{k}/ahnet/checkpoint_best.pt" for k in range(2)]
+    vals = [json.loads((run / f"fold_{k}" / "ahnet" / "config.json").read_text()) for k in range(2)]
+    assert [(v["config"]["folds"], v["config"]["fold"]) for v in vals] == [(2, 0), (2, 1)]
+    assert sorted(v["val_cases"][0] for v in vals) == sorted({v["val_cases"][0] for v in vals})
+    assert all(len(v["val_cases"]) == 2 and not set(v["val_cases"]) & set(v["train_cases"]) for v in vals)
+    out = tmp_path / "pred"
+    assert main(["predict", "-m", str(run), "-i", str(seg / "imagesTr" / "case0_0000.nii.gz"), "-o", str(out),
+                 "--device", "cpu", "--save-probabilities"]) == 0
+    models = [run / m for m in state["models"]]
+    image = seg / "imagesTr" / "case0_0000.nii.gz"
+    each = [Predictor(m, device="cpu").predict_case("case0", [image]).output for m in models]
+    both = Predictor(models, device="cpu").predict_case("case0", [image]).output
+    np.testing.assert_allclose(both, (each[0] + each[1]) / 2, atol=1e-6)
+    assert not np.allclose(each[0], each[1])  # two different models were averaged
+    import nibabel as nib
+
+    saved = np.asarray(nib.load(str(out / "case0_probabilities.nii.gz")).dataobj)
+    np.testing.assert_allclose(np.moveaxis(saved, -1, 0), both, atol=1e-5)
+    from ahnet.pipeline import train_run
+
+    with pytest.raises(ConfigError, match="--folds cannot change it"):
+        train_run(seg, run, folds=3, device="cpu", workers=0, progress=False)
+
+
+def test_loader_benchmark_runs_both_rows(tmp_path):
+    """benchmarks/loader.py (the store against raw files) at a tiny size: both rows, rates and memory."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "loader.py"
+    out = tmp_path / "loader.json"
+    subprocess.run([sys.executable, str(script), "--cases", "3", "--shape", "48x48x12", "--patch", "32x32x8",
+                    "--batches", "4", "--workers", "0", "--work", str(tmp_path / "work"), "--json", str(out)],
+                   check=True, capture_output=True, timeout=240)
+    result = json.loads(out.read_text())
+    assert [r["row"] for r in result["rows"]] == ["store", "raw"] and result["cases"] == 3
+    for row in result["rows"]:
+        assert row["patches"] == 8 and row["patches_per_s"] > 0 and row["memory"][-1]["anon_mb"] > 0

@@ -94,9 +94,9 @@ def _predict(args: argparse.Namespace) -> int:
     radius = args.nms_radius_mm[0] if len(args.nms_radius_mm) == 1 else tuple(args.nms_radius_mm)
     if not args.checkpoint:
         raise ConfigError("-m/--checkpoint CHECKPOINT is required (a checkpoint_best.pt of train2d / train3d)")
-    from .pipeline import resolve_model
+    from .pipeline import resolve_models
 
-    result = predict(resolve_model(args.checkpoint), args.input, args.output, device=args.device, overlap=args.overlap,
+    result = predict(resolve_models(args.checkpoint), args.input, args.output, device=args.device, overlap=args.overlap,
                      batch_size=args.batch_size, mirror=args.mirror, save_probabilities=args.save_probabilities,
                      nms_radius_mm=radius, threshold=args.threshold, top_k=args.top_k, overwrite=args.overwrite,
                      max_memory=None if args.max_memory is None else args.max_memory * 2**30)
@@ -200,14 +200,14 @@ def _plan(args: argparse.Namespace) -> int:
 
     plan, path = plan_dataset(args.dataset, args.out, time_budget=args.time_budget, device=args.device,
                               work=args.work, ct_scheme=args.ct_normalisation, workers=args.workers,
-                              progress=not args.quiet)
+                              folds=args.folds, progress=not args.quiet)
     a, m = plan["ahnet"], plan["mcgcn"]
     spacing = plan["spacing"]
     print(f"plan written to {path}: in-plane spacing {spacing['inplane']} mm, z "
           f"{spacing['z'] or 'kept'}; normalisation {', '.join(n['scheme'] for n in plan['normalisation'])}; "
           f"MC-GCN {m['backbone']} {'x'.join(map(str, m['patch']))} x {m['epochs']} epoch(s), AH-Net "
           f"{'x'.join(map(str, a['patch']))} x {a['stage1_epochs']} + {a['epochs']} epoch(s) of "
-          f"{a['iters_per_epoch']} steps")
+          f"{a['iters_per_epoch']} steps" + (f", per fold of {plan['folds']}" if plan["folds"] > 1 else ""))
     return 0
 
 
@@ -231,15 +231,17 @@ def _train_run(args: argparse.Namespace) -> int:
 
     result = train_run(args.dataset, args.out, time_budget=args.time_budget, plan_file=args.plan,
                        pretrained=args.pretrained, device=args.device, work=args.work, workers=args.workers,
-                       progress=not args.quiet)
+                       folds=args.folds, progress=not args.quiet)
     if result["interrupted"]:
         import signal
 
         print(f"ahnet train: interrupted by {result['interrupted']} in step {result['step']}; run the same "
               "command again to continue", file=sys.stderr)
         return 128 + int(signal.Signals[result["interrupted"]])
-    print(f"trained in {result['seconds'] / 60:.1f} min; model {result['model']} "
-          f"(predict with: ahnet predict -m {args.out} -i IMAGES -o OUT)")
+    what = (f"model {result['model']}" if result["model"] else
+            f"{len(result['models'])} fold models, ensembled by predict")
+    print(f"trained in {result['seconds'] / 60:.1f} min; {what} (predict with: ahnet predict -m {args.out} "
+          "-i IMAGES -o OUT)")
     return 0
 
 
@@ -458,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--time-budget", metavar="DURATION",
                       help="training time on this machine, e.g. 30m or 12h: sets the iterations from measured steps")
     plan.add_argument("-o", "--out", help="plan file to write (default: WORK/plans.json)")
+    plan.add_argument("--folds", type=int, default=1, metavar="K",
+                      help="K-fold cross-validation (K runs share the time budget; default 1: no folds)")
     plan.add_argument("--device", default="auto", help="the device the plan is for: auto, cpu or cuda")
     plan.add_argument("--ct-normalisation", choices=("ct", "liver-window", "zscore"), default="ct",
                       help="CT channels: clip to the foreground's 0.5-99.5 percentiles and z-score (ct, as nnU-Net), "
@@ -478,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--time-budget", metavar="DURATION",
                        help="training time, e.g. 30m on a CPU or 12h on a GPU (default 30m, for a new plan)")
     train.add_argument("--plan", help="a plans.json to follow instead of planning (copied into the run)")
+    train.add_argument("--folds", type=int, metavar="K",
+                       help="K-fold cross-validation: K runs that share the time budget, each validated on its fold; "
+                       "predict -m RUN averages the K models (K times the prediction time)")
     train.add_argument("--pretrained", metavar="imagenet|FILE", help="ImageNet weights for MC-GCN's encoder (§3.1)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     planning_options(train)

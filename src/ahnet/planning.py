@@ -11,7 +11,9 @@ The plan is an editable ``plans.json`` that ``ahnet preprocess`` and ``ahnet tra
   its own mean and standard deviation; every modality other than CT);
 * ``mcgcn`` and ``ahnet``: backbone, patch, batch, learning rate, epochs and iterations per epoch, the
   iterations chosen from ``time_budget_s`` and each network's step time measured on this machine;
-* ``validation``: the share of held-out cases (none below 4 cases: every case is needed for training).
+* ``validation``: the share of held-out cases (none below 4 cases: every case is needed for training);
+* ``folds``: K > 1 for K-fold cross-validation, each fold a whole run on the other folds' cases; the
+  time budget is shared by the K runs (each gets 1/K of it).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def _round_down(value: float, multiple: int, minimum: int) -> int:
 
 
 def make_plan(fingerprint: dict, time_budget_s: float | None = None, device: str = "cpu",
-              step_times: dict[str, float] | None = None, ct_scheme: str = "ct") -> dict[str, Any]:
+              step_times: dict[str, float] | None = None, ct_scheme: str = "ct", folds: int = 1) -> dict[str, Any]:
     """The plan of a data set from its fingerprint (see the module docstring).
 
     ``step_times`` gives the seconds one training step of ``mcgcn`` and ``ahnet`` takes at the planned
@@ -81,6 +83,9 @@ def make_plan(fingerprint: dict, time_budget_s: float | None = None, device: str
     cases = fingerprint["cases"]
     if not cases:
         raise ConfigError("the fingerprint holds no cases")
+    if folds < 1 or (folds > 1 and folds > len(cases)):
+        raise ConfigError(f"--folds {folds}: use 1 (no cross-validation) or 2..{len(cases)} for this data set "
+                          f"of {len(cases)} case(s)")
     spacing = np.array([c["spacing"] for c in cases], dtype=float)
     shape = np.array([c["shape"] for c in cases], dtype=float)
     inplane = float(np.median(spacing[:, :2]))
@@ -120,13 +125,14 @@ def make_plan(fingerprint: dict, time_budget_s: float | None = None, device: str
         "ahnet": {"backbone": limits["backbone"], "patch": [xy, xy, z], "batch_size": limits["batch_3d"],
                   "lr": 1e-3, "stage1_epochs": 3, "epochs": 10, "iters_per_epoch": ITERS_PER_EPOCH},
         "validation": {"fraction": 0.2 if n >= 4 else 0.0, "patches": 4},
+        "folds": folds,
         "positive_ratio": 0.7,
     }
     if time_budget_s is not None:
         if step_times is None:
             step_times = measure_plan_steps(plan, fingerprint, device)
         plan["measured_step_s"] = {k: round(v, 4) for k, v in step_times.items()}
-        train_s = time_budget_s * (1 - BUDGET_SHARES["reserve"])
+        train_s = time_budget_s * (1 - BUDGET_SHARES["reserve"]) / folds
         iters_2d = train_s * BUDGET_SHARES["mcgcn"] / step_times["mcgcn"]
         iters_3d = train_s * BUDGET_SHARES["ahnet"] / step_times["ahnet"]
         plan["mcgcn"]["epochs"] = max(1, round(iters_2d / ITERS_PER_EPOCH))

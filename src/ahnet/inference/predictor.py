@@ -100,10 +100,13 @@ def find_cases(path: str | Path) -> dict[str, list[Path]]:
 
 
 class Predictor:
-    """Load a training checkpoint and predict whole volumes.
+    """Load a training checkpoint, or several to ensemble, and predict whole volumes.
 
     Args:
-        checkpoint: a ``checkpoint_best.pt`` / ``checkpoint_latest.pt`` from training.
+        checkpoint: a ``checkpoint_best.pt`` / ``checkpoint_latest.pt`` from training, or a list of them
+            (e.g. the fold models of ``ahnet train --folds K``): their outputs (class probabilities,
+            heatmaps) are averaged, at the cost of one prediction per model. Ensembled checkpoints must
+            share task, classes, input channels and preprocessing.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         overlap: fraction of overlap between neighbouring windows (nnU-Net uses 0.5).
         batch_size: windows per forward pass.
@@ -111,53 +114,75 @@ class Predictor:
         window: window size ``(X, Y, Z)``; default the training patch (3D) or ``(X, Y)`` of it (2D).
     """
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", overlap: float = 0.5, batch_size: int = 4,
-                 mirror: bool = False, window: Sequence[int] | None = None, amp: bool = True):
+    def __init__(self, checkpoint: str | Path | Sequence[str | Path], device: str = "auto", overlap: float = 0.5,
+                 batch_size: int = 4, mirror: bool = False, window: Sequence[int] | None = None, amp: bool = True):
         if not 0 <= overlap < 1:
             raise ConfigError(f"overlap must be within [0, 1), got {overlap}")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        saved = load_checkpoint(checkpoint, kind="train")
-        self.meta = saved["model_meta"]
-        try:
-            self.preprocessing = Preprocessing.from_dict(saved["preprocessing"])
-            self.window = tuple(int(w) for w in (window or saved["config"]["patch"]))
-            model = model_from_meta(self.meta)
-        except (KeyError, TypeError, ValueError) as err:  # a ConfigError is a ValueError too
-            raise CheckpointError(f"{checkpoint}: the checkpoint's settings are not usable "
-                                  f"({type(err).__name__}: {err})") from None
+        paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+        if not paths:
+            raise ConfigError("no checkpoint to predict with")
         self.device = _Distributed(device).device
-        load_model_state(model, saved["model"], checkpoint)
-        # The eval-only fast path (same outputs within float rounding; ahnet.models.fast, Table 3).
-        self.model = optimize_for_inference(model.to(self.device).eval())
+        #: one (network, window, meta) per checkpoint
+        self.members: list[tuple[nn.Module, tuple[int, ...], dict]] = []
+        for path in paths:
+            saved = load_checkpoint(path, kind="train")
+            meta = saved["model_meta"]
+            try:
+                preprocessing = Preprocessing.from_dict(saved["preprocessing"])
+                size = tuple(int(w) for w in (window or saved["config"]["patch"]))
+                model = model_from_meta(meta)
+            except (KeyError, TypeError, ValueError) as err:  # a ConfigError is a ValueError too
+                raise CheckpointError(f"{path}: the checkpoint's settings are not usable "
+                                      f"({type(err).__name__}: {err})") from None
+            if self.members:
+                self._check_compatible(path, meta, preprocessing, paths[0])
+            else:
+                self.meta, self.preprocessing = meta, preprocessing
+            load_model_state(model, saved["model"], path)
+            # The eval-only fast path (same outputs within float rounding; ahnet.models.fast, Table 3).
+            self.members.append((optimize_for_inference(model.to(self.device).eval()), size, meta))
+        self.window = self.members[0][1]
         self.overlap, self.batch_size, self.mirror = overlap, batch_size, mirror
         self.amp = amp and self.device.type == "cuda"
         self.task = self.preprocessing.task
 
+    def _check_compatible(self, path, meta: dict, preprocessing: Preprocessing, first) -> None:
+        for key in ("image_channels", "out_channels"):
+            if meta[key] != self.meta[key]:
+                raise CheckpointError(f"{path}: {key} {meta[key]} but {first} has {self.meta[key]}; only models "
+                                      "of the same task and classes can be ensembled")
+        if preprocessing.to_dict() != self.preprocessing.to_dict():
+            raise CheckpointError(f"{path}: prepares images differently from {first} (another plan or spacing); "
+                                  "only models trained on the same preprocessing can be ensembled")
+
     @torch.inference_mode()
     def predict_array(self, image: np.ndarray) -> np.ndarray:
-        """Network output ``(K, X, Y, Z)`` for a preprocessed image ``(C, X, Y, Z)``."""
+        """Network output ``(K, X, Y, Z)`` for a preprocessed image ``(C, X, Y, Z)``, averaged over the
+        ensemble's models and, with ``mirror``, over mirrorings."""
         from monai.inferers import sliding_window_inference
 
         x = torch.from_numpy(np.ascontiguousarray(image))[None].to(self.device)
-        if MODEL_DIMS[self.meta["model"]] == 2:
-            network: nn.Module = SliceStacks(self.model, self.batch_size * 4)
-            roi = (self.window[0], self.window[1], image.shape[3])
-        else:
-            network, roi = self.model, self.window
         flips = [(), (2,), (3,), (2, 3)] if self.mirror else [()]
         total = None
-        for dims in flips:
-            inp = x.flip(dims) if dims else x
-            with torch.autocast("cuda", torch.bfloat16) if self.amp else nullcontext():
-                out = sliding_window_inference(inp, roi, self.batch_size, network, overlap=self.overlap,
-                                               mode="gaussian", sigma_scale=0.125, progress=False)
-            out = out.float()
-            if self.task == "seg":
-                out = out.softmax(1)
-            out = out.flip(dims) if dims else out
-            total = out if total is None else total + out
-        return (total / len(flips))[0].cpu().numpy()
+        for model, window, meta in self.members:
+            if MODEL_DIMS[meta["model"]] == 2:
+                network: nn.Module = SliceStacks(model, self.batch_size * 4)
+                roi = (window[0], window[1], image.shape[3])
+            else:
+                network, roi = model, window
+            for dims in flips:
+                inp = x.flip(dims) if dims else x
+                with torch.autocast("cuda", torch.bfloat16) if self.amp else nullcontext():
+                    out = sliding_window_inference(inp, roi, self.batch_size, network, overlap=self.overlap,
+                                                   mode="gaussian", sigma_scale=0.125, progress=False)
+                out = out.float()
+                if self.task == "seg":
+                    out = out.softmax(1)
+                out = out.flip(dims) if dims else out
+                total = out if total is None else total + out
+        return (total / (len(flips) * len(self.members)))[0].cpu().numpy()
 
     def memory_needed(self, headers: Sequence[Header]) -> int:
         """Bytes of host memory predicting a volume with these channel headers takes, roughly:

@@ -22,11 +22,12 @@ def file_spacing(volume) -> tuple[float, float, float]:
     return tuple(spacing)
 
 
-def predict(checkpoint: str | Path, inputs: str | Path, out_dir: str | Path, *, device: str = "auto",
-            overlap: float = 0.5, batch_size: int = 4, mirror: bool = False, save_probabilities: bool = False,
+def predict(checkpoint: str | Path | Sequence[str | Path], inputs: str | Path, out_dir: str | Path, *,
+            device: str = "auto", overlap: float = 0.5, batch_size: int = 4, mirror: bool = False, save_probabilities: bool = False,
             nms_radius_mm: float | Sequence[float] = 5.0, threshold: float = 0.1, top_k: int = 50,
             overwrite: bool = False, max_memory: int | None = None, progress: bool = True) -> dict:
-    """Predict every case of ``inputs`` into ``out_dir``.
+    """Predict every case of ``inputs`` into ``out_dir`` with a checkpoint, or with the average of several
+    (an ensemble, e.g. the fold models of ``ahnet train --folds K``: K times the time of one).
 
     Segmentation: ``{case}.nii.gz`` labels (and ``{case}_probabilities.nii.gz`` with
     ``save_probabilities``). Detection: ``{case}_heatmap.nii.gz`` and one ``detections.csv`` with the

@@ -39,6 +39,10 @@ class TrainConfig:
     augment: bool = True
     val_fraction: float = 0.2
     val_patches: int = 4
+    #: K-fold cross-validation: with ``folds`` K > 1 the seeded case order is cut into K folds and fold
+    #: ``fold`` is held out for validation (``val_fraction`` is then unused)
+    folds: int = 1
+    fold: int = 0
     focal: bool = True
     focal_gamma: float = 2.0
     focal_d_max: float = 1.0
@@ -79,6 +83,8 @@ class TrainConfig:
             raise ConfigError("--init (a transferred encoder) applies to --model ahnet only")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be within [0, 1), got {self.val_fraction}")
+        if self.folds < 1 or not 0 <= self.fold < self.folds:
+            raise ConfigError(f"fold must be within 0..folds-1 and folds >= 1, got fold {self.fold} of {self.folds}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         deepest = [-(-p // DOWNSAMPLING[self.model]) for p in self.patch[: self.spatial_dims]]

@@ -135,12 +135,23 @@ class Stage:
     encoder_frozen: bool
 
 
-def split_cases(cases: list[CaseFiles], val_fraction: float, seed: int) -> tuple[list[CaseFiles], list[CaseFiles]]:
-    """A seeded split into training and validation cases (at least one of each when possible)."""
+def split_cases(cases: list[CaseFiles], val_fraction: float, seed: int, folds: int = 1,
+                fold: int = 0) -> tuple[list[CaseFiles], list[CaseFiles]]:
+    """A seeded split into training and validation cases (at least one of each when possible).
+
+    With ``folds`` K > 1, the seeded order is cut into K near-equal folds and fold ``fold`` is the
+    validation set, so the K runs of a cross-validation validate on every case exactly once.
+    """
     order = np.random.default_rng(seed).permutation(len(cases))
-    n_val = min(len(cases) - 1, max(1, round(val_fraction * len(cases)))) if val_fraction > 0 else 0
-    val = sorted((cases[i] for i in order[:n_val]), key=lambda c: c.name)
-    train = sorted((cases[i] for i in order[n_val:]), key=lambda c: c.name)
+    if folds > 1:
+        if folds > len(cases):
+            raise ConfigError(f"{folds} folds need at least {folds} cases; the data set has {len(cases)}")
+        held = set(np.array_split(order, folds)[fold].tolist())
+    else:
+        n_val = min(len(cases) - 1, max(1, round(val_fraction * len(cases)))) if val_fraction > 0 else 0
+        held = set(order[:n_val].tolist())
+    val = sorted((c for i, c in enumerate(cases) if i in held), key=lambda c: c.name)
+    train = sorted((c for i, c in enumerate(cases) if i not in held), key=lambda c: c.name)
     return train, val
 
 
@@ -221,7 +232,8 @@ class Trainer:
             self._case_loader = CaseLoader(self.info, self.preprocessing, config.seed)
         check_cases(self.info.cases, config.patch, f"{config.spatial_dims}d", self.preprocessing.inplane_spacing,
                     self.preprocessing.z_spacing)
-        self.train_cases, self.val_cases = split_cases(self.info.cases, config.val_fraction, config.seed)
+        self.train_cases, self.val_cases = split_cases(self.info.cases, config.val_fraction, config.seed,
+                                                         config.folds, config.fold)
         out_channels = self.info.num_classes if task == "seg" else 1
         channels = len(self.info.channel_names)
         torch.manual_seed(config.seed)
