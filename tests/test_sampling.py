@@ -9,7 +9,8 @@ import torch
 from ahnet import DataError
 from ahnet.data.dataset import CaseFiles, load_dataset
 from ahnet.data.intensity import Intensity
-from ahnet.data.sampling import Augment, CaseLoader, EpochSampler, PatchDataset, Preprocessing, crop, prepare_case
+from ahnet.data.sampling import (Augment, CaseLoader, EpochSampler, IntensityAugment, PatchDataset, Preprocessing,
+                                 crop, foreground_statistics, prepare_case)
 
 from test_training import make_learnable_dataset
 
@@ -96,6 +97,32 @@ def test_augmentation_is_identical_on_image_and_label_and_stays_in_plane():
         assert inside.size and inside.mean() > 8  # the label still covers the bright object
         # Rotation is in the xy plane: slices 0, 1, 4, 5 stay empty (scaling z by <= 20 % is centred).
         assert aug_label[0][..., [0, 5]].sum() == 0
+
+
+def test_intensity_augmentation_changes_images_only_and_in_foreground_units(seg):
+    info, prep = seg
+    plain = dataset(info, prep, augment=True)
+    changed = dataset(info, prep, augment=True, intensity=IntensityAugment())
+    differ = 0
+    for i in range(20):  # the same patches (geometry, targets), other intensities
+        a, b = plain[i], changed[i]
+        assert torch.equal(a["target"], b["target"])
+        differ += not torch.equal(a["image"], b["image"])
+    assert differ >= 10
+    prepared = CaseLoader(info, prep)(info.cases[0])
+    (mean, std), = foreground_statistics(prepared)
+    voxels = np.concatenate(prepared.foreground)
+    values = prepared.image[0][tuple(voxels.T)]
+    assert mean == pytest.approx(values.mean(), abs=1e-4) and std == pytest.approx(values.std(), rel=1e-3)
+
+    shift = IntensityAugment(shift=1.0, contrast=(1.0, 1.0), noise=0.0, p=1.0)
+    image, stats = np.full((1, 4, 4, 2), 5.0, np.float32), np.array([[5.0, 2.0]])
+    offsets = [float(shift(image, stats, np.random.default_rng(k))[0, 0, 0, 0]) - 5.0 for k in range(200)]
+    assert max(offsets) <= 2.0 and min(offsets) >= -2.0 and max(offsets) > 1.5 and min(offsets) < -1.5  # +-1 std
+    assert image[0, 0, 0, 0] == 5.0  # the case's array is not changed in place
+    contrast = IntensityAugment(shift=0.0, contrast=(0.5, 0.5), noise=0.0, p=1.0)
+    out = contrast(np.array([[[[1.0], [9.0]]]], np.float32), stats, np.random.default_rng(0))
+    np.testing.assert_allclose(out.ravel(), [3.0, 7.0])  # halved about the foreground mean
 
 
 def test_volume_much_smaller_than_patch_is_a_clear_error(seg):

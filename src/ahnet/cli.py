@@ -329,7 +329,10 @@ def _add_train_arguments(p: argparse.ArgumentParser, dims: int) -> None:
                    help="also write each epoch's losses and metrics to OUT/tensorboard (pip install tensorboard)")
     p.add_argument("--positive-ratio", type=float, default=0.7, help="share of patches on lesions (§4.1)")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
-                   help="no augmentation (default: the paper's flips, rotations and intensity changes)")
+                   help="no augmentation (default: the paper's rotations, scaling and mirroring, §4.2)")
+    p.add_argument("--intensity-augment", action="store_true", default=None,
+                   help="also change contrast, brightness and noise per patch, so that the model works on scans "
+                   "of other contrast phases and scanners (on in `ahnet train`'s plans)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of the cases held out for validation")
     p.add_argument("--val-patches", type=int, default=4, help="fixed validation patches per held-out case")
     p.add_argument("--no-focal", dest="focal", action="store_false", default=None,

@@ -122,7 +122,8 @@ def train_run(dataset: str | Path, out: str | Path, *, time_budget: str | float 
         base = run / folder
         common = dict(data=str(info.root), device=device, workers=workers, preprocessed=store,
                       val_fraction=plan["validation"]["fraction"], val_patches=plan["validation"]["patches"],
-                      positive_ratio=plan["positive_ratio"], folds=n_folds, fold=fold)
+                      positive_ratio=plan["positive_ratio"], folds=n_folds, fold=fold,
+                      intensity_augment=bool(plan.get("intensity_augmentation", False)))
         configs = {
             "mcgcn": lambda: TrainConfig(out=str(base / "mcgcn"), model="mc-gcn", backbone=m["backbone"],
                                          patch=(*m["patch"], 3), batch_size=m["batch_size"], lr=m["lr"],

@@ -12,6 +12,8 @@ The plan is an editable ``plans.json`` that ``ahnet preprocess`` and ``ahnet tra
 * ``mcgcn`` and ``ahnet``: backbone, patch, batch, learning rate, epochs and iterations per epoch, the
   iterations chosen from ``time_budget_s`` and each network's step time measured on this machine;
 * ``validation``: the share of held-out cases (none below 4 cases: every case is needed for training);
+* ``intensity_augmentation``: contrast, brightness and noise changes per patch on top of the paper's
+  geometric ones (:class:`~ahnet.data.sampling.IntensityAugment`);
 * ``folds``: K > 1 for K-fold cross-validation, each fold a whole run on the other folds' cases; the
   time budget is shared by the K runs (each gets 1/K of it).
 """
@@ -127,6 +129,8 @@ def make_plan(fingerprint: dict, time_budget_s: float | None = None, device: str
         "validation": {"fraction": 0.2 if n >= 4 else 0.0, "patches": 4},
         "folds": folds,
         "positive_ratio": 0.7,
+        # contrast, shift and noise per patch: a few training scans do not cover other phases and scanners
+        "intensity_augmentation": True,
     }
     if time_budget_s is not None:
         if step_times is None:

@@ -128,6 +128,50 @@ class Augment:
         return np.ascontiguousarray(image), np.ascontiguousarray(target)
 
 
+class IntensityAugment:
+    """Intensity changes between scans (contrast phase, scanner, dose), beyond the paper's geometric ones:
+    per channel, each with probability ``p``, a contrast change by a factor within ``contrast`` about the
+    foreground's mean, a shift by up to +-``shift`` foreground standard deviations, and Gaussian noise
+    of up to ``noise`` of that deviation (nnU-Net's brightness, contrast and noise transforms, with an
+    additive shift because one enhancement phase in training does not cover another: a liver at 100 HU
+    in training and 143 HU in a test scan is +1.1 deviations away under the planned CT normalisation).
+
+    The statistics are the case's own (:func:`foreground_statistics`), so the change is the same in
+    HU whatever the normalisation (a window to [0, 1] or a z-score).
+    """
+
+    def __init__(self, shift: float = 1.5, contrast: tuple[float, float] = (0.75, 1.25), noise: float = 0.1,
+                 p: float = 0.5):
+        self.shift, self.contrast, self.noise, self.p = shift, contrast, noise, p
+
+    def __call__(self, image: np.ndarray, stats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        image = image.astype(np.float32, copy=True)
+        for c, (mean, std) in enumerate(stats):
+            if rng.random() < self.p:
+                image[c] = (image[c] - mean) * np.float32(rng.uniform(*self.contrast)) + mean
+            if rng.random() < self.p:
+                image[c] += np.float32(rng.uniform(-self.shift, self.shift) * std)
+            if rng.random() < self.p * 0.3:
+                sigma = float(rng.uniform(0, self.noise)) * std
+                image[c] += rng.normal(0.0, sigma, size=image[c].shape).astype(np.float32)
+        return image
+
+
+def foreground_statistics(prepared: PreparedCase, max_samples: int = 20000) -> np.ndarray:
+    """Mean and standard deviation of each channel ``(C, 2)`` over the case's foreground voxels (the whole
+    volume where it has none), from at most ``max_samples`` evenly spaced voxels."""
+    image = prepared.image
+    voxels = np.concatenate(prepared.foreground) if prepared.foreground else np.empty((0, 3), np.int64)
+    if len(voxels):
+        voxels = voxels[:: max(1, len(voxels) // max_samples)]
+        values = image[:, voxels[:, 0], voxels[:, 1], voxels[:, 2]]
+    else:
+        flat = image.reshape(image.shape[0], -1)
+        values = flat[:, :: max(1, flat.shape[1] // max_samples)]
+    values = np.asarray(values, dtype=np.float64)
+    return np.stack([values.mean(1), np.maximum(values.std(1), 1e-6)], axis=1)
+
+
 class EpochSampler(Sampler[int]):
     """Indices ``epoch * samples`` to ``(epoch + 1) * samples - 1``: each epoch new, reproducible patches."""
 
@@ -159,11 +203,13 @@ class PatchDataset(Dataset):
         mode: ``"3d"`` or ``"2d"``.
         augment: apply :class:`Augment` (§4.2).
         cache_size: prepared cases kept in memory per worker.
+        intensity: apply this :class:`IntensityAugment` too (after the geometric augmentation).
     """
 
     def __init__(self, cases: Sequence[CaseFiles], load: Callable[[CaseFiles], PreparedCase],
                  patch: Sequence[int], samples: int, seed: int = 0, rank: int = 0,
-                 positive_ratio: float = 0.7, mode: str = "3d", augment: bool = True, cache_size: int = 8):
+                 positive_ratio: float = 0.7, mode: str = "3d", augment: bool = True, cache_size: int = 8,
+                 intensity: IntensityAugment | None = None):
         if not cases:
             raise ConfigError("no training cases to sample patches from")
         if mode not in ("2d", "3d"):
@@ -175,8 +221,9 @@ class PatchDataset(Dataset):
         self.seed, self.rank = seed, rank
         self.positive_ratio, self.mode = positive_ratio, mode
         self.augment = Augment(scale_z=mode == "3d") if augment else None
-        self.cache_size = cache_size
+        self.cache_size, self.intensity = cache_size, intensity
         self._cache: OrderedDict[str, PreparedCase] = OrderedDict()
+        self._statistics: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return self.samples
@@ -188,8 +235,10 @@ class PatchDataset(Dataset):
         prepared = self.load(case)
         check_patch_fits(prepared.image.shape[1:], self.patch, case.name)
         self._cache[case.name] = prepared
+        if self.intensity is not None:
+            self._statistics[case.name] = foreground_statistics(prepared)
         while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+            self._statistics.pop(self._cache.popitem(last=False)[0], None)
         return prepared
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -199,7 +248,9 @@ class PatchDataset(Dataset):
 
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         positive = rng.random() < self.positive_ratio
-        prepared = self.case(self.cases[int(rng.integers(len(self.cases)))])
+        case = self.cases[int(rng.integers(len(self.cases)))]
+        prepared = self.case(case)
+        statistics = self._statistics.get(case.name)
         if positive and not prepared.foreground:
             positive = False  # a negative volume: nothing to centre on
         shape = prepared.image.shape[1:]
@@ -230,6 +281,8 @@ class PatchDataset(Dataset):
         if self.augment is not None:
             image, target = self.augment(image, target[None], label, rng)
             target = target[0]
+        if self.intensity is not None:
+            image = self.intensity(image, statistics, rng)
         if self.mode == "2d":
             image = image.transpose(0, 3, 1, 2).reshape(-1, *self.patch[:2])  # (3C, X, Y)
             target = target[..., 1]

@@ -37,6 +37,9 @@ class TrainConfig:
     amp: str = "auto"
     positive_ratio: float = 0.7
     augment: bool = True
+    #: also change intensities (contrast, shift, noise; :class:`ahnet.data.sampling.IntensityAugment`),
+    #: for models that must work on scans of other phases and scanners than the training ones
+    intensity_augment: bool = False
     val_fraction: float = 0.2
     val_patches: int = 4
     #: K-fold cross-validation: with ``folds`` K > 1 the seeded case order is cut into K folds and fold

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from ..data.dataset import CaseFiles, DatasetInfo, load_dataset
 from ..data.intensity import Intensity
 from ..data.preprocessing import CaseLoader, Preprocessing
-from ..data.sampling import EpochSampler, PatchDataset, check_cases
+from ..data.sampling import EpochSampler, IntensityAugment, PatchDataset, check_cases
 from ..data.store import PreprocessedStore, StoredCaseLoader
 from ..errors import AhnetError, CheckpointError, ConfigError
 from ..fileio import atomic_write_text, ensure_output_dir, remove_stale_temps
@@ -291,9 +291,10 @@ class Trainer:
                 positive_ratio: float) -> PatchDataset:
         # Stored cases are memory-mapped: every one stays open (the pages are the system's cache, not ours).
         cache = len(cases) if self.config.preprocessed else 8
+        intensity = IntensityAugment() if augment and self.config.intensity_augment else None
         return PatchDataset(cases, self._case_loader, self.config.patch, samples, seed=seed, rank=rank,
                             positive_ratio=positive_ratio, mode=f"{self.config.spatial_dims}d", augment=augment,
-                            cache_size=cache)
+                            cache_size=cache, intensity=intensity)
 
     def _stage_at(self, epoch: int) -> tuple[int, Stage]:
         start = 0
