@@ -204,9 +204,12 @@ def test_trainer_reads_the_store(seg, tmp_path):
 
 def test_ahnet_plan_then_train_then_predict_the_run(seg, tmp_path, capsys):
     """The README's path: plan (edited), train with one command, predict with the run folder."""
-    assert main(["plan", str(seg), "--quiet"]) == 0
+    assert main(["plan", str(seg), "--time-budget", "2m", "--quiet"]) == 0
     plan_file = seg / "preprocessed" / "plans.json"
     plan = read_plan(plan_file)
+    assert plan["time_budget_s"] == 120 and set(plan["measured_step_s"]) == {"mcgcn", "ahnet"}
+    assert main(["preprocess", str(seg), "--quiet"]) == 0
+    assert "preprocessed 4 case(s)" in capsys.readouterr().out
     plan["mcgcn"].update(epochs=1, iters_per_epoch=2, batch_size=2)
     plan["ahnet"].update(stage1_epochs=1, epochs=1, iters_per_epoch=2)
     plan_file.write_text(json.dumps(plan))
