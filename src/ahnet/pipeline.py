@@ -125,15 +125,15 @@ def train_run(dataset: str | Path, out: str | Path, *, time_budget: str | float 
                       positive_ratio=plan["positive_ratio"], folds=n_folds, fold=fold,
                       intensity_augment=bool(plan.get("intensity_augmentation", False)))
         configs = {
-            "mcgcn": lambda: TrainConfig(out=str(base / "mcgcn"), model="mc-gcn", backbone=m["backbone"],
-                                         patch=(*m["patch"], 3), batch_size=m["batch_size"], lr=m["lr"],
-                                         epochs=m["epochs"], iters_per_epoch=m["iters_per_epoch"],
-                                         pretrained=m.get("pretrained"), **common),
-            "ahnet": lambda: TrainConfig(out=str(base / "ahnet"), model="ahnet", backbone=a["backbone"],
-                                         patch=tuple(a["patch"]), batch_size=a["batch_size"], lr=a["lr"],
-                                         stage1_epochs=a["stage1_epochs"], epochs=a["epochs"],
-                                         iters_per_epoch=a["iters_per_epoch"], init=str(base / "ahnet_init.pt"),
-                                         **common),
+            "mcgcn": TrainConfig(out=str(base / "mcgcn"), model="mc-gcn", backbone=m["backbone"],
+                                 patch=(*m["patch"], 3), batch_size=m["batch_size"], lr=m["lr"],
+                                 epochs=m["epochs"], iters_per_epoch=m["iters_per_epoch"],
+                                 pretrained=m.get("pretrained"), **common),
+            "ahnet": TrainConfig(out=str(base / "ahnet"), model="ahnet", backbone=a["backbone"],
+                                 patch=tuple(a["patch"]), batch_size=a["batch_size"], lr=a["lr"],
+                                 stage1_epochs=a["stage1_epochs"], epochs=a["epochs"],
+                                 iters_per_epoch=a["iters_per_epoch"], init=str(base / "ahnet_init.pt"),
+                                 **common),
         }
         for step in ("mcgcn", "transfer", "ahnet"):
             name = folder + step
@@ -145,7 +145,7 @@ def train_run(dataset: str | Path, out: str | Path, *, time_budget: str | float 
                 transfer_checkpoint(base / "mcgcn" / "checkpoint_best.pt", base / "ahnet_init.pt")
             else:
                 resume = (base / step / "checkpoint_latest.pt").is_file()
-                config = configs[step]()
+                config = configs[step]
                 result = Trainer(config, resume=resume, progress=progress,
                                  changes={"epochs": config.epochs} if resume else None).fit()
                 if result.get("interrupted"):
