@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ahnet import CheckpointError, ConfigError, InputShapeError
-from ahnet.losses import (LossSchedule, cross_entropy_loss, focal_cross_entropy_loss, focal_l2_loss,
+from ahnet.losses import (LossSchedule, cross_entropy_loss, soft_dice_loss, focal_cross_entropy_loss, focal_l2_loss,
                           l2_loss)
 
 
@@ -255,3 +255,46 @@ def test_schedule_rejects_bad_config_and_state():
         LossSchedule("l2").load_state_dict({k: v for k, v in state.items() if k != "phase"})
     with pytest.raises(CheckpointError):
         LossSchedule("l2").load_state_dict(dict(state, base="dice"))
+
+
+def test_soft_dice_hand_computed_over_the_batch_and_foreground_only():
+    # two classes, probabilities p = softmax: logits (0, log 3) give p1 = 0.75 everywhere
+    logits = torch.zeros(2, 2, 2, 1)
+    logits[:, 1] = math.log(3.0)
+    target = torch.tensor([[[1], [0]], [[0], [0]]])  # one foreground voxel of four, in the first patch
+    overlap, total = 0.75, 4 * 0.75 + 1
+    assert torch.allclose(soft_dice_loss(logits, target, smooth=0.0), torch.tensor(1 - 2 * overlap / total))
+    perfect = F.one_hot(target, 2).movedim(-1, 1).float() * 40
+    assert soft_dice_loss(perfect, target).item() < 1e-6
+    # background is not scored: all background predicted right and no foreground found is the worst
+    none = torch.zeros_like(target)
+    all_background = F.one_hot(none, 2).movedim(-1, 1).float() * 40
+    assert soft_dice_loss(all_background, none).item() < 1e-6  # nothing to find, nothing found
+    assert soft_dice_loss(all_background, target).item() > 0.99  # the foreground voxel missed
+
+
+def test_soft_dice_pushes_uncertain_foreground_over_the_threshold():
+    """At p = 0.5 on a foreground voxel the Dice gradient still raises it (cross-entropy's does too,
+    but Dice's does not fade with the share of foreground in the patch)."""
+    logits = torch.zeros(1, 2, 8, 8, 2, requires_grad=True)
+    target = torch.zeros(1, 8, 8, 2, dtype=torch.long)
+    target[0, :2] = 1
+    soft_dice_loss(logits, target).backward()
+    g = logits.grad[0, 1]
+    assert (g[:2] < 0).all() and (g[2:] > 0).all()
+
+
+def test_schedule_adds_dice_to_both_phases_and_old_states_load():
+    logits, labels = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    s = LossSchedule("ce", dice=True, switch_epoch=0)
+    assert torch.allclose(s(logits, labels), cross_entropy_loss(logits, labels) + soft_dice_loss(logits, labels))
+    s.end_epoch(0, 1.0)
+    assert torch.allclose(s(logits, labels), focal_cross_entropy_loss(logits, labels) + soft_dice_loss(logits, labels))
+    restored = LossSchedule("ce")
+    restored.load_state_dict(_roundtrip(s.state_dict()))
+    assert restored.dice and restored.phase == "focal"
+    old = {k: v for k, v in LossSchedule("ce").state_dict().items() if k != "dice"}  # written before the field
+    restored.load_state_dict(_roundtrip(old))
+    assert restored.dice is False
+    with pytest.raises(ConfigError, match="dice"):
+        LossSchedule("l2", dice=True)

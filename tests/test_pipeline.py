@@ -53,11 +53,31 @@ def test_plan_from_the_fingerprint(seg, tmp_path):
     assert -30 < norm["clip"][0] < 30 and 100 < norm["clip"][1] < 160 and 30 < norm["mean"] < 100
     assert plan["ahnet"]["patch"] == [32, 32, 8] and plan["mcgcn"]["patch"] == [32, 32]
     assert plan["validation"]["fraction"] == 0.2
+    assert plan["dice_loss"] is True and plan["intensity_augmentation"] is True  # segmentation: Dice + CE
+    # each case's foreground is one organ with its lesion inside: predictions keep their largest component
+    assert plan["postprocessing"] == {"largest_component": True}
     prep = plan_preprocessing(plan)
     assert prep.intensity[0].mode == "clip-zscore" and prep.inplane_spacing == pytest.approx(0.8)
 
     _, window = _plan(seg, tmp_path, ct_scheme="liver-window")
     assert window["normalisation"][0] == {"channel": "CT", "scheme": "liver-window", "clip": [-125.0, 225.0]}
+
+
+def test_largest_component_only_where_every_case_is_one_object(seg, tmp_path):
+    info = load_dataset(seg)
+    fingerprint = fingerprint_dataset(info, tmp_path / "fingerprint.json", workers=0, progress=False)
+    assert all(c["foreground_largest_share"] == 1.0 for c in fingerprint["cases"])
+    fingerprint["cases"][1]["foreground_largest_share"] = 0.6  # e.g. two organs, or lesions scattered
+    assert make_plan(fingerprint)["postprocessing"] == {"largest_component": False}
+    del fingerprint["cases"][1]["foreground_largest_share"]  # unknown
+    assert make_plan(fingerprint)["postprocessing"] == {"largest_component": False}
+    # a cached fingerprint written before the field is computed again, not trusted
+    old = json.loads((tmp_path / "fingerprint.json").read_text())
+    for case in old["cases"]:
+        del case["foreground_largest_share"]
+    (tmp_path / "fingerprint.json").write_text(json.dumps(old))
+    again = fingerprint_dataset(info, tmp_path / "fingerprint.json", workers=0, progress=False)
+    assert all(c["foreground_largest_share"] == 1.0 for c in again["cases"])
 
 
 def test_time_budget_sets_the_iterations(seg, tmp_path):
@@ -224,6 +244,17 @@ def test_ahnet_plan_then_train_then_predict_the_run(seg, tmp_path, capsys):
     out = tmp_path / "pred"
     assert main(["predict", "-m", str(run), "-i", str(seg / "imagesTr"), "-o", str(out), "--device", "cpu"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [f"case{i}.nii.gz" for i in range(4)]
+    # the plan's post-processing (largest component) is applied; --no-largest-component turns it off
+    assert state["postprocessing"] == {"largest_component": True}
+    raw = tmp_path / "raw"
+    assert main(["predict", "-m", str(run), "-i", str(seg / "imagesTr"), "-o", str(raw), "--device", "cpu",
+                 "--no-largest-component"]) == 0
+    import nibabel as nib
+    from ahnet.inference.predictor import keep_largest_component
+
+    for i in range(4):
+        kept, plain = (np.asarray(nib.load(str(d / f"case{i}.nii.gz")).dataobj) for d in (out, raw))
+        np.testing.assert_array_equal(kept, keep_largest_component(plain))
     assert main(["predict", "-m", str(tmp_path), "-i", str(seg / "imagesTr"), "-o", str(out)]) == 2
     assert "neither a finished `ahnet train` run" in capsys.readouterr().err
 
@@ -269,6 +300,7 @@ def test_train_folds_then_predict_their_ensemble(seg, tmp_path):
     assert state["models"] == [f"fold_{k}/ahnet/checkpoint_best.pt" for k in range(2)]
     vals = [json.loads((run / f"fold_{k}" / "ahnet" / "config.json").read_text()) for k in range(2)]
     assert [(v["config"]["folds"], v["config"]["fold"]) for v in vals] == [(2, 0), (2, 1)]
+    assert all(v["config"]["dice_loss"] and v["config"]["intensity_augment"] for v in vals)  # from the plan
     assert sorted(v["val_cases"][0] for v in vals) == sorted({v["val_cases"][0] for v in vals})
     assert all(len(v["val_cases"]) == 2 and not set(v["val_cases"]) & set(v["train_cases"]) for v in vals)
     out = tmp_path / "pred"

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from ahnet import DataError
+from ahnet import ConfigError, DataError
 from ahnet.cli import main
 from ahnet.inference import Predictor, find_cases, predict
-from ahnet.inference.predictor import SliceStacks
+from ahnet.inference.predictor import SliceStacks, keep_largest_component
 from ahnet.models import MCGCN
 from ahnet.training import TrainConfig, Trainer
 
@@ -88,6 +88,26 @@ def test_mirroring_and_overlap_options(seg_run, tmp_path):
     mirrored = Predictor(checkpoint, device="cpu", mirror=True, overlap=0.25).predict_case("c", [image]).output
     assert plain.shape == mirrored.shape == (3, 40, 36, 10)
     assert not np.allclose(plain, mirrored)
+
+
+def test_largest_component_keeps_one_foreground_island_with_what_lies_in_it(seg_run, det_run):
+    labels = np.zeros((12, 12, 6), np.uint8)
+    labels[1:7, 1:7, 1:5] = 1
+    labels[3:5, 3:5, 2:4] = 2            # a lesion inside the organ: part of the same component
+    labels[9:11, 9:11, 1:3] = 1          # an island elsewhere
+    labels[10, 0, 5] = 2                 # a lesion alone
+    kept = keep_largest_component(labels)
+    assert kept.dtype == labels.dtype and kept[9:11, 9:11].sum() == 0 and kept[10, 0, 5] == 0
+    np.testing.assert_array_equal(kept[:8, :8], labels[:8, :8])
+    assert keep_largest_component(np.zeros_like(labels)).sum() == 0
+    data, checkpoint = seg_run
+    image = data / "imagesTr" / "case1_0000.nii.gz"
+    plain = Predictor(checkpoint, device="cpu").predict_case("c", [image])
+    one = Predictor(checkpoint, device="cpu", largest_component=True).predict_case("c", [image])
+    np.testing.assert_array_equal(one.output, plain.output)  # probabilities untouched
+    np.testing.assert_array_equal(one.labels, keep_largest_component(plain.labels))
+    with pytest.raises(ConfigError, match="segmentation"):
+        Predictor(det_run[1], device="cpu", largest_component=True)
 
 
 def test_2d_networks_run_on_every_slice_stack():

@@ -94,12 +94,16 @@ def _predict(args: argparse.Namespace) -> int:
     radius = args.nms_radius_mm[0] if len(args.nms_radius_mm) == 1 else tuple(args.nms_radius_mm)
     if not args.checkpoint:
         raise ConfigError("-m/--checkpoint CHECKPOINT is required (a checkpoint_best.pt of train2d / train3d)")
-    from .pipeline import resolve_models
+    from .pipeline import resolve_models, run_postprocessing
 
+    largest = args.largest_component
+    if largest is None:
+        largest = bool(run_postprocessing(args.checkpoint).get("largest_component", False))
     result = predict(resolve_models(args.checkpoint), args.input, args.output, device=args.device, overlap=args.overlap,
                      batch_size=args.batch_size, mirror=args.mirror, save_probabilities=args.save_probabilities,
                      nms_radius_mm=radius, threshold=args.threshold, top_k=args.top_k, overwrite=args.overwrite,
-                     max_memory=None if args.max_memory is None else args.max_memory * 2**30)
+                     max_memory=None if args.max_memory is None else args.max_memory * 2**30,
+                     largest_component=largest)
     extra = f", {result['detections']} detection(s) in detections.csv" if result["task"] == "det" else ""
     skipped = (f" ({result['skipped']} already predicted, kept; --overwrite redoes them)"
                if result.get("skipped") else "")
@@ -337,6 +341,9 @@ def _add_train_arguments(p: argparse.ArgumentParser, dims: int) -> None:
     p.add_argument("--val-patches", type=int, default=4, help="fixed validation patches per held-out case")
     p.add_argument("--no-focal", dest="focal", action="store_false", default=None,
                    help="never switch to the focal loss")
+    p.add_argument("--dice-loss", action="store_true", default=None,
+                   help="segmentation: add a soft Dice term to the cross-entropy and to its focal form "
+                   "(nnU-Net's Dice + CE; on in `ahnet train`'s plans for segmentation)")
     p.add_argument("--focal-gamma", type=float, default=2.0, help="gamma of the focal loss (Lin et al.; Eq. 4)")
     p.add_argument("--focal-d-max", type=float, default=1.0, help="D_max of Eq. 4 (heatmap regression)")
     p.add_argument("--switch-patience", type=int, default=3,
@@ -521,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     predict.add_argument("--mirror", action="store_true", help="test-time mirroring in x and y")
     predict.add_argument("--save-probabilities", action="store_true", help="also write class probabilities")
+    predict.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
+                         help="segmentation: keep only the largest connected foreground component (default: as the "
+                         "plan of an `ahnet train` run folder says, else off)")
     predict.add_argument("--nms-radius-mm", type=float, nargs="+", default=[5.0],
                          help="detection: NMS neighbourhood radius in mm (one value, or one per file axis)")
     predict.add_argument("--threshold", type=float, default=0.1, help="detection: minimum score")

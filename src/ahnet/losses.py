@@ -3,7 +3,8 @@
 §3.4 trains with a plain loss (L2 on the DBT lesion heatmaps of §4.1, cross-entropy on the LiTS
 segmentation of §4.2) and, once that loss "barely decreases", replaces it with a focal version
 that down-weights the easy voxels (hard-voxel mining): Eq. 4 for L2, Lin et al. 2017 [13] for
-cross-entropy. :class:`LossSchedule` does that switch.
+cross-entropy. :class:`LossSchedule` does that switch. Beyond the paper, segmentation may add a
+soft Dice term to either phase (:func:`soft_dice_loss`, nnU-Net's Dice + CE).
 
 Tensors are ``(N, C, X, Y, Z)`` (or ``(N, C, X, Y)`` in 2D); class targets are ``(N, X, Y[, Z])``.
 """
@@ -26,6 +27,7 @@ __all__ = [
     "focal_cross_entropy_loss",
     "focal_l2_loss",
     "l2_loss",
+    "soft_dice_loss",
 ]
 
 
@@ -191,6 +193,26 @@ def focal_cross_entropy_loss(logits: Tensor, target: Tensor, gamma: float = 2.0,
     return loss.mean()
 
 
+def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
+    """``1 - mean_c Dice_c`` of the softmax probabilities over the foreground classes ``c >= 1``.
+
+    Each class's Dice is taken over the whole batch at once (nnU-Net's batch Dice): a patch without
+    that class then costs only its false positives, instead of a Dice of 0 whatever the network does.
+    Cross-entropy is a per-voxel average, so on an organ it is content with probabilities near 0.5
+    at the border and inside unusual tissue; Dice scores the overlap that is measured at the end and
+    so pushes those voxels over the argmax threshold. Computed in float32 (safe under autocast).
+    """
+    target = _check_classes(logits, target, "soft_dice_loss")
+    if logits.shape[1] < 2:
+        raise ConfigError("soft_dice_loss needs at least two classes (background and one foreground)")
+    probs = F.softmax(logits.float(), dim=1)[:, 1:]
+    onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].to(probs.dtype)
+    axes = [0, *range(2, probs.ndim)]
+    overlap = (probs * onehot).sum(axes)
+    total = probs.sum(axes) + onehot.sum(axes)
+    return 1.0 - ((2.0 * overlap + smooth) / (total + smooth)).mean()
+
+
 # ------------------------------------------------------------------------------------ schedule
 class LossSchedule:
     """The §3.4 loss schedule: train with CE or L2, then switch once to the focal form.
@@ -206,17 +228,21 @@ class LossSchedule:
       ``threshold`` (relative: ``loss < best * (1 - threshold)``) for ``patience`` consecutive
       epochs (a NaN loss counts as no improvement).
     * ``focal=False``: never switch (a plain L2 / CE baseline).
+    * ``dice=True`` (``base="ce"`` only): :func:`soft_dice_loss` is added to the loss of both
+      phases (Dice + CE, then Dice + focal CE).
 
     After the switch no further switch happens: the focal loss is smaller than the base loss, so
     the two are not comparable and the plateau tracking is reset and stops.
     """
 
     _STATE_KEYS = ("base", "gamma", "d_max", "patience", "threshold", "switch_epoch", "focal",
-                   "alpha", "phase", "switched_at", "best", "num_bad_epochs")
+                   "alpha", "phase", "switched_at", "best", "num_bad_epochs", "dice")
+    #: keys that states written by older versions lack, with the value they meant
+    _STATE_DEFAULTS = {"dice": False}
 
     def __init__(self, base: str, gamma: float = 2.0, d_max: float = 1.0, patience: int = 3,
                  threshold: float = 0.01, switch_epoch: int | None = None, focal: bool = True,
-                 alpha=None):
+                 alpha=None, dice: bool = False):
         if base not in ("ce", "l2"):
             raise ConfigError(f"LossSchedule base must be 'ce' or 'l2', got {base!r}")
         self.base = base
@@ -236,6 +262,11 @@ class LossSchedule:
         if alpha is not None and base != "ce":
             raise ConfigError("alpha (per-class focal weights) only applies to base='ce'")
         self.alpha = _check_class_vector("alpha", alpha)
+        if not isinstance(dice, bool):
+            raise ConfigError(f"dice must be True or False, got {dice!r}")
+        if dice and base != "ce":
+            raise ConfigError("dice (a soft Dice term) only applies to base='ce' (class targets)")
+        self.dice = dice
         self.phase = "base"
         self.switched_at: int | None = None
         self.best: float | None = None
@@ -243,7 +274,7 @@ class LossSchedule:
 
     def __repr__(self) -> str:
         return (f"LossSchedule(base={self.base!r}, phase={self.phase!r}, gamma={self.gamma:g}, "
-                f"switched_at={self.switched_at})")
+                f"dice={self.dice}, switched_at={self.switched_at})")
 
     def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
         """The loss of the current phase."""
@@ -252,8 +283,10 @@ class LossSchedule:
                 return focal_l2_loss(pred, target, gamma=self.gamma, d_max=self.d_max)
             return l2_loss(pred, target)
         if self.phase == "focal":
-            return focal_cross_entropy_loss(pred, target, gamma=self.gamma, alpha=self.alpha)
-        return cross_entropy_loss(pred, target)
+            loss = focal_cross_entropy_loss(pred, target, gamma=self.gamma, alpha=self.alpha)
+        else:
+            loss = cross_entropy_loss(pred, target)
+        return loss + soft_dice_loss(pred, target) if self.dice else loss
 
     def end_epoch(self, epoch: int, epoch_loss: float) -> bool:
         """Record the mean training loss of ``epoch``; True if the loss switched to focal now."""
@@ -285,6 +318,7 @@ class LossSchedule:
         """Restore configuration and progress from :meth:`state_dict` (validated)."""
         if not isinstance(state, dict):
             raise CheckpointError(f"LossSchedule state must be a dict, got {type(state).__name__}")
+        state = {**self._STATE_DEFAULTS, **state}
         missing = [k for k in self._STATE_KEYS if k not in state]
         if missing:
             raise CheckpointError(f"LossSchedule state lacks {missing}")
@@ -292,7 +326,7 @@ class LossSchedule:
             fresh = LossSchedule(state["base"], gamma=state["gamma"], d_max=state["d_max"],
                                  patience=state["patience"], threshold=state["threshold"],
                                  switch_epoch=state["switch_epoch"], focal=state["focal"],
-                                 alpha=state["alpha"])
+                                 alpha=state["alpha"], dice=state["dice"])
         except ConfigError as exc:
             raise CheckpointError(f"LossSchedule state is not valid: {exc}") from exc
         phase, switched_at, best, bad = (state["phase"], state["switched_at"], state["best"],

@@ -123,7 +123,8 @@ def train_run(dataset: str | Path, out: str | Path, *, time_budget: str | float 
         common = dict(data=str(info.root), device=device, workers=workers, preprocessed=store,
                       val_fraction=plan["validation"]["fraction"], val_patches=plan["validation"]["patches"],
                       positive_ratio=plan["positive_ratio"], folds=n_folds, fold=fold,
-                      intensity_augment=bool(plan.get("intensity_augmentation", False)))
+                      intensity_augment=bool(plan.get("intensity_augmentation", False)),
+                      dice_loss=bool(plan.get("dice_loss", False)))
         configs = {
             "mcgcn": TrainConfig(out=str(base / "mcgcn"), model="mc-gcn", backbone=m["backbone"],
                                  patch=(*m["patch"], 3), batch_size=m["batch_size"], lr=m["lr"],
@@ -149,10 +150,10 @@ def train_run(dataset: str | Path, out: str | Path, *, time_budget: str | float 
                 result = Trainer(config, resume=resume, progress=progress,
                                  changes={"epochs": config.epochs} if resume else None).fit()
                 if result.get("interrupted"):
-                    _write_state(run, done, folders, info.root, store, start, state)
+                    _write_state(run, done, folders, info.root, store, start, state, plan)
                     return {"run": str(run), "interrupted": result["interrupted"], "step": name, "done": done}
             done.append(name)
-            _write_state(run, done, folders, info.root, store, start, state)
+            _write_state(run, done, folders, info.root, store, start, state, plan)
     models = [str(run / folder / FINAL_CHECKPOINT) for folder in folders]
     return {"run": str(run), "interrupted": None, "done": done, "model": models[0] if n_folds == 1 else None,
             "models": models, "seconds": round(time.time() - start, 1)}
@@ -166,14 +167,22 @@ def _read_state(run: Path) -> dict:
 
 
 def _write_state(run: Path, done: list[str], folders: list[str], dataset: Path, store: str, start: float,
-                 old: dict) -> None:
+                 old: dict, plan: dict) -> None:
     spent = float(old.get("seconds", 0.0)) + (time.time() - start)
     finished = all(folder + "ahnet" in done for folder in folders)
     models = [str(Path(folder) / FINAL_CHECKPOINT) for folder in folders] if finished else None
     atomic_write_text(run / "run.json", json.dumps({"dataset": str(dataset), "store": store, "done": done,
                                                     "seconds": round(spent, 1),
                                                     "model": models[0] if models and len(models) == 1 else None,
-                                                    "models": models}, indent=2))
+                                                    "models": models,
+                                                    "postprocessing": plan.get("postprocessing", {})}, indent=2))
+
+
+def run_postprocessing(path: str | Path) -> dict:
+    """The post-processing a finished ``ahnet train`` run's plan chose (``{}`` for a checkpoint file or a
+    ``train2d`` / ``train3d`` run folder): what ``predict -m RUN`` applies unless told otherwise."""
+    p = Path(path)
+    return dict(_read_state(p).get("postprocessing") or {}) if p.is_dir() else {}
 
 
 def resolve_models(path: str | Path) -> list[Path]:

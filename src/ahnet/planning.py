@@ -14,6 +14,13 @@ The plan is an editable ``plans.json`` that ``ahnet preprocess`` and ``ahnet tra
 * ``validation``: the share of held-out cases (none below 4 cases: every case is needed for training);
 * ``intensity_augmentation``: contrast, brightness and noise changes per patch on top of the paper's
   geometric ones (:class:`~ahnet.data.sampling.IntensityAugment`);
+* ``dice_loss`` (segmentation): a soft Dice term added to the cross-entropy and its focal form, as
+  nnU-Net trains (Dice + CE): it optimises the overlap that is measured, where cross-entropy alone
+  leaves an organ's unusual parts near a probability of 0.5;
+* ``postprocessing``: ``largest_component`` (segmentation) keeps only the largest connected component of
+  the predicted foreground (all classes together) when in every training case that component holds at
+  least ``LARGEST_COMPONENT_SHARE`` of the foreground (one organ and what lies in it, as a liver with its
+  tumours): islands elsewhere are then false positives (nnU-Net chooses the same step on validation folds);
 * ``folds``: K > 1 for K-fold cross-validation, each fold a whole run on the other folds' cases; the
   time budget is shared by the K runs (each gets 1/K of it).
 """
@@ -49,6 +56,9 @@ DEVICE_LIMITS = {
 #: Share of the budget each network trains for, after the reserve for preprocessing, validation and saving.
 BUDGET_SHARES = {"reserve": 0.15, "mcgcn": 0.35, "ahnet": 0.65, "ahnet_stage1": 0.25}
 ITERS_PER_EPOCH = 50
+#: Share of every training case's foreground its largest connected component must hold for the plan to
+#: keep only the largest component of predictions (one organ a scan).
+LARGEST_COMPONENT_SHARE = 0.95
 
 
 def parse_duration(text: str | float | int) -> float:
@@ -131,6 +141,9 @@ def make_plan(fingerprint: dict, time_budget_s: float | None = None, device: str
         "positive_ratio": 0.7,
         # contrast, shift and noise per patch: a few training scans do not cover other phases and scanners
         "intensity_augmentation": True,
+        "dice_loss": fingerprint["task"] == "seg",
+        "postprocessing": {"largest_component": fingerprint["task"] == "seg" and all(
+            (c.get("foreground_largest_share") or 0.0) >= LARGEST_COMPONENT_SHARE for c in cases)},
     }
     if time_budget_s is not None:
         if step_times is None:

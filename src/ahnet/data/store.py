@@ -240,7 +240,8 @@ def preprocess_dataset(dataset: str | Path, prep: Preprocessing, out: str | Path
 
 def case_fingerprint(case: CaseFiles, info: DatasetInfo, seed: int = 0) -> dict:
     """Spacing and shape (network orientation), foreground intensity samples per channel, class voxels and
-    connected components of one case, read from its raw files."""
+    connected components of one case, and the share of its foreground (every class together) in the largest
+    connected component, read from its raw files."""
     from scipy import ndimage
 
     volumes = [load_volume(p) for p in case.images]
@@ -261,8 +262,12 @@ def case_fingerprint(case: CaseFiles, info: DatasetInfo, seed: int = 0) -> dict:
         channels.append({"samples": flat[pick].astype(np.float64).round(3).tolist(),
                          "min": float(flat.min()), "max": float(flat.max()),
                          "mean": float(flat.mean()), "std": float(flat.std())})
-    classes = {}
+    classes, largest_share = {}, None
     if label is not None:
+        parts, n = ndimage.label(label > 0, structure=np.ones((3, 3, 3), dtype=bool))
+        if n:
+            sizes = np.bincount(parts.ravel())[1:]
+            largest_share = round(float(sizes.max() / sizes.sum()), 6)
         for cls in np.unique(label):
             if cls == 0:
                 continue
@@ -271,6 +276,7 @@ def case_fingerprint(case: CaseFiles, info: DatasetInfo, seed: int = 0) -> dict:
             classes[str(int(cls))] = {"voxels": int(part.sum()), "components": int(n)}
     return {"name": case.name, "sources": source_stamp(case), "spacing": list(ref.spacing),
             "shape": list(ref.array.shape), "channels": channels, "classes": classes,
+            "foreground_largest_share": largest_share,
             "boxes": len(case.boxes) if case.boxes is not None else None}
 
 
@@ -285,7 +291,8 @@ def fingerprint_dataset(info: DatasetInfo, cache: str | Path | None = None, *, w
         except (OSError, ValueError, KeyError, TypeError):
             old = {}
     keep = {c.name: old[c.name] for c in info.cases
-            if c.name in old and old[c.name].get("sources") == source_stamp(c)}
+            if c.name in old and old[c.name].get("sources") == source_stamp(c)
+            and "foreground_largest_share" in old[c.name]}  # entries of older versions lack it
     todo = [c for c in info.cases if c.name not in keep]
     fresh = _run_all(case_fingerprint, [(c, info) for c in todo], workers, "fingerprint", progress)
     by_name = {**keep, **{f["name"]: f for f in fresh}}

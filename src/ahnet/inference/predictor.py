@@ -62,10 +62,24 @@ class Prediction:
     output: np.ndarray        # (K, *file_shape): class probabilities (seg) or heatmap (det, K = 1)
     reference: Volume         # the first input channel, for geometry
     task: str
+    largest_component: bool = False  # labels keep only the largest connected foreground component
 
     @property
     def labels(self) -> np.ndarray:
-        return self.output.argmax(0).astype(np.uint8 if self.output.shape[0] < 256 else np.uint16)
+        labels = self.output.argmax(0).astype(np.uint8 if self.output.shape[0] < 256 else np.uint16)
+        return keep_largest_component(labels) if self.largest_component else labels
+
+
+def keep_largest_component(labels: np.ndarray) -> np.ndarray:
+    """``labels`` with every voxel outside the largest 26-connected component of the foreground (all
+    classes > 0 together, so a liver keeps the tumours inside it) set to background."""
+    from scipy import ndimage
+
+    parts, n = ndimage.label(labels > 0, structure=np.ones((3,) * labels.ndim, dtype=bool))
+    if n <= 1:
+        return labels
+    largest = 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
+    return np.where(parts == largest, labels, 0).astype(labels.dtype)
 
 
 def find_cases(path: str | Path) -> dict[str, list[Path]]:
@@ -112,10 +126,13 @@ class Predictor:
         batch_size: windows per forward pass.
         mirror: average over mirroring in x, y and both (test-time augmentation).
         window: window size ``(X, Y, Z)``; default the training patch (3D) or ``(X, Y)`` of it (2D).
+        largest_component: segmentation labels keep only the largest connected foreground component
+            (:func:`keep_largest_component`; ``ahnet train``'s plans say when, see :mod:`ahnet.planning`).
     """
 
     def __init__(self, checkpoint: str | Path | Sequence[str | Path], device: str = "auto", overlap: float = 0.5,
-                 batch_size: int = 4, mirror: bool = False, window: Sequence[int] | None = None, amp: bool = True):
+                 batch_size: int = 4, mirror: bool = False, window: Sequence[int] | None = None, amp: bool = True,
+                 largest_component: bool = False):
         if not 0 <= overlap < 1:
             raise ConfigError(f"overlap must be within [0, 1), got {overlap}")
         if batch_size < 1:
@@ -147,6 +164,9 @@ class Predictor:
         self.overlap, self.batch_size, self.mirror = overlap, batch_size, mirror
         self.amp = amp and self.device.type == "cuda"
         self.task = self.preprocessing.task
+        if largest_component and self.task != "seg":
+            raise ConfigError("largest_component applies to segmentation models; this one detects (heatmaps)")
+        self.largest_component = largest_component
 
     def _check_compatible(self, path, meta: dict, preprocessing: Preprocessing, first) -> None:
         for key in ("image_channels", "out_channels"):
@@ -220,7 +240,7 @@ class Predictor:
         if output.shape[1:] != ref.array.shape:  # undo the resampling
             t = torch.from_numpy(output)[None]
             output = F.interpolate(t, size=ref.array.shape, mode="trilinear", align_corners=False)[0].numpy()
-        return Prediction(case, to_file_orientation(output, ref), ref, self.task)
+        return Prediction(case, to_file_orientation(output, ref), ref, self.task, self.largest_component)
 
 
 def save_nifti_like(array: np.ndarray, reference: Volume, path: str | Path) -> Path:

@@ -25,7 +25,8 @@ def file_spacing(volume) -> tuple[float, float, float]:
 def predict(checkpoint: str | Path | Sequence[str | Path], inputs: str | Path, out_dir: str | Path, *,
             device: str = "auto", overlap: float = 0.5, batch_size: int = 4, mirror: bool = False, save_probabilities: bool = False,
             nms_radius_mm: float | Sequence[float] = 5.0, threshold: float = 0.1, top_k: int = 50,
-            overwrite: bool = False, max_memory: int | None = None, progress: bool = True) -> dict:
+            overwrite: bool = False, max_memory: int | None = None, largest_component: bool = False,
+            progress: bool = True) -> dict:
     """Predict every case of ``inputs`` into ``out_dir`` with a checkpoint, or with the average of several
     (an ensemble, e.g. the fold models of ``ahnet train --folds K``: K times the time of one).
 
@@ -33,7 +34,8 @@ def predict(checkpoint: str | Path | Sequence[str | Path], inputs: str | Path, o
     ``save_probabilities``). Detection: ``{case}_heatmap.nii.gz`` and one ``detections.csv`` with the
     local maxima of every heatmap (non-maximum suppression within ``nms_radius_mm``, scores at least
     ``threshold``, at most ``top_k`` per case): voxel indices of the input file's axes 0, 1, 2 and
-    world coordinates in mm. Every output has the input's shape, affine and orientation.
+    world coordinates in mm. Every output has the input's shape, affine and orientation. With
+    ``largest_component`` the labels keep only the largest connected foreground component.
 
     Before any prediction, every input's header is checked and its memory need estimated (a
     volume needing more than ``max_memory`` bytes, default the memory available, is refused with
@@ -50,7 +52,8 @@ def predict(checkpoint: str | Path | Sequence[str | Path], inputs: str | Path, o
     if max_memory is not None and not max_memory > 0:
         raise ConfigError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
     cases = find_cases(inputs)
-    predictor = Predictor(checkpoint, device=device, overlap=overlap, batch_size=batch_size, mirror=mirror)
+    predictor = Predictor(checkpoint, device=device, overlap=overlap, batch_size=batch_size, mirror=mirror,
+                          largest_component=largest_component)
     radius_from_mm(nms_radius_mm, (1.0, 1.0, 1.0))  # a bad radius fails now, not after the first case
 
     # Every header first (no voxel data): a broken or too large volume is reported before any work.

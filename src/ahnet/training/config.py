@@ -47,6 +47,8 @@ class TrainConfig:
     folds: int = 1
     fold: int = 0
     focal: bool = True
+    #: segmentation: add a soft Dice term to the (focal) cross-entropy (:func:`ahnet.losses.soft_dice_loss`)
+    dice_loss: bool = False
     focal_gamma: float = 2.0
     focal_d_max: float = 1.0
     switch_patience: int = 3

@@ -267,7 +267,8 @@ class Trainer:
             [Stage("joint", config.epochs, False)] if config.epochs else [])
         self.loss = LossSchedule("ce" if task == "seg" else "l2", gamma=config.focal_gamma, d_max=config.focal_d_max,
                                  patience=config.switch_patience, threshold=config.switch_threshold,
-                                 switch_epoch=config.switch_epoch, focal=config.focal)
+                                 switch_epoch=config.switch_epoch, focal=config.focal,
+                                 dice=config.dice_loss)
         self.amp_dtype, self.scaler = self._amp()
         self.best_metric = -math.inf
         self.epoch = 0  # next epoch to run
@@ -471,6 +472,7 @@ class Trainer:
         if self.progress:
             loss = {"ce": "cross-entropy", "l2": "L2"}.get(self.loss.base, self.loss.base)
             loss = "focal" if record["loss_phase"] == "focal" else loss
+            loss = f"{loss} + Dice" if self.loss.dice else loss
             print(f"epoch {record['epoch'] + 1}/{total} {record['stage']} ({loss} loss): "
                   f"train loss {record['train_loss']:.4g}, {validation}, {record['time_s']:.1f} s, "
                   f"ETA {_duration(eta)}", flush=True)
