@@ -40,6 +40,9 @@ def test_demo_cli_runs_both_tasks_and_prints_where_the_reports_are(tmp_path, cap
         assert Path(result["report"]).is_file() and f"[{task}] report: {result['report']}" in printed
         assert set(result["headline"]) >= {"MC-GCN", "AH-Net"}
     assert "TPR@1FP" in printed and "liver Dice" in printed
+    for task, dice in (("seg", True), ("det", False)):  # segmentation arms train with Dice + (focal) CE
+        config = json.loads((out / task / "ah-net" / "train" / "config.json").read_text())["config"]
+        assert config["dice_loss"] is dice and config["focal"] is True
 
 
 def test_demo_refuses_unknown_task_and_scale(tmp_path):

@@ -10,7 +10,7 @@ from ahnet import DataError
 from ahnet.data.dataset import CaseFiles, load_dataset
 from ahnet.data.intensity import Intensity
 from ahnet.data.sampling import (Augment, CaseLoader, EpochSampler, IntensityAugment, PatchDataset, Preprocessing,
-                                 coarser_in_plane, crop, foreground_statistics, prepare_case)
+                                 crop, foreground_statistics, prepare_case)
 
 from test_training import make_learnable_dataset
 
@@ -115,28 +115,14 @@ def test_intensity_augmentation_changes_images_only_and_in_foreground_units(seg)
     values = prepared.image[0][tuple(voxels.T)]
     assert mean == pytest.approx(values.mean(), abs=1e-4) and std == pytest.approx(values.std(), rel=1e-3)
 
-    shift = IntensityAugment(shift=1.0, contrast=(1.0, 1.0), noise=0.0, p=1.0, low_resolution_p=0.0)
+    shift = IntensityAugment(shift=1.0, contrast=(1.0, 1.0), noise=0.0, p=1.0)
     image, stats = np.full((1, 4, 4, 2), 5.0, np.float32), np.array([[5.0, 2.0]])
     offsets = [float(shift(image, stats, np.random.default_rng(k))[0, 0, 0, 0]) - 5.0 for k in range(200)]
     assert max(offsets) <= 2.0 and min(offsets) >= -2.0 and max(offsets) > 1.5 and min(offsets) < -1.5  # +-1 std
     assert image[0, 0, 0, 0] == 5.0  # the case's array is not changed in place
-    contrast = IntensityAugment(shift=0.0, contrast=(0.5, 0.5), noise=0.0, p=1.0, low_resolution_p=0.0)
+    contrast = IntensityAugment(shift=0.0, contrast=(0.5, 0.5), noise=0.0, p=1.0)
     out = contrast(np.array([[[[1.0], [9.0]]]], np.float32), stats, np.random.default_rng(0))
     np.testing.assert_allclose(out.ravel(), [3.0, 7.0])  # halved about the foreground mean
-
-
-def test_low_resolution_simulation_blurs_in_plane_only():
-    rng = np.random.default_rng(0)
-    image = rng.normal(0, 1, (2, 32, 24, 3)).astype(np.float32)
-    image[:, :, :, 1] += 5.0  # one bright slice: z must stay sharp
-    coarse = coarser_in_plane(image, 0.5)
-    assert coarse.shape == image.shape and coarse.dtype == np.float32
-    detail = lambda a: float(np.abs(np.diff(a, axis=1)).mean())  # noqa: E731  (in-plane gradients)
-    assert detail(coarse) < 0.6 * detail(image)
-    np.testing.assert_allclose(coarse.mean(axis=(1, 2)), image.mean(axis=(1, 2)), atol=0.05)  # per slice, per channel
-    assert coarser_in_plane(image, 1.0) is image
-    only = IntensityAugment(p=0.0, low_resolution=(0.5, 0.5), low_resolution_p=1.0)
-    np.testing.assert_allclose(only(image, np.array([[0.0, 1.0]] * 2), rng), coarse)
 
 
 def test_volume_much_smaller_than_patch_is_a_clear_error(seg):

@@ -185,10 +185,12 @@ def run_arms(task: str, arms: tuple[Arm, ...], scale: Scale, data: Path, test: P
     if any(a.transfer for a in arms) and (source is None or arms.index(source) > min(
             i for i, a in enumerate(arms) if a.transfer)):
         raise ConfigError("an arm with transfer needs an MC-GCN arm before it (its encoder is transferred)")
+    # Segmentation arms add a soft Dice term to the (focal) cross-entropy, as ``ahnet train``'s plans do:
+    # with cross-entropy alone the small lesion class was never predicted (lesion Dice 0 in the demo).
     common = dict(data=str(data), backbone=scale.backbone, iters_per_epoch=scale.iters, device=device, seed=seed,
-                  workers=workers, val_patches=4)
+                  workers=workers, val_patches=4, dice_loss=task == "seg")
     results: dict[str, dict] = {}
-    settings = {"scale": asdict(scale), "seed": seed}
+    settings = {"scale": asdict(scale), "seed": seed, "dice_loss": task == "seg"}
     for arm in arms:
         folder = out / _slug(arm.name)
         done = folder / "result.json"

@@ -21,7 +21,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import ConfigError, DataError
@@ -136,18 +135,15 @@ class IntensityAugment:
     and Gaussian noise of up to ``noise`` of that deviation (nnU-Net's brightness, contrast and noise
     transforms, with an additive shift because one enhancement phase in training does not cover another:
     a liver at 100 HU in training and 143 HU in a test scan is +1.1 deviations away under the planned CT
-    normalisation); and with probability ``low_resolution_p`` the whole patch as if scanned coarser in
-    plane (nnU-Net's low-resolution simulation): averaged down by a factor within ``low_resolution``
-    and interpolated back, so that a 3 mm scan resampled to a 1.5 mm plan is not a new kind of image.
+    normalisation).
 
     The statistics are the case's own (:func:`foreground_statistics`), so the change is the same in
     HU whatever the normalisation (a window to [0, 1] or a z-score).
     """
 
     def __init__(self, shift: float = 1.5, contrast: tuple[float, float] = (0.75, 1.25), noise: float = 0.1,
-                 p: float = 0.5, low_resolution: tuple[float, float] = (0.5, 1.0), low_resolution_p: float = 0.25):
+                 p: float = 0.5):
         self.shift, self.contrast, self.noise, self.p = shift, contrast, noise, p
-        self.low_resolution, self.low_resolution_p = low_resolution, low_resolution_p
 
     def __call__(self, image: np.ndarray, stats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         image = image.astype(np.float32, copy=True)
@@ -159,23 +155,7 @@ class IntensityAugment:
             if rng.random() < self.p * 0.3:
                 sigma = float(rng.uniform(0, self.noise)) * std
                 image[c] += rng.normal(0.0, sigma, size=image[c].shape).astype(np.float32)
-        if rng.random() < self.low_resolution_p:
-            image = coarser_in_plane(image, float(rng.uniform(*self.low_resolution)))
         return image
-
-
-def coarser_in_plane(image: np.ndarray, factor: float) -> np.ndarray:
-    """``image`` ``(C, X, Y, Z)`` averaged down to ``factor`` of its in-plane size and interpolated back
-    (linearly): the same field of view with ``1 / factor`` times coarser in-plane detail."""
-    x, y = image.shape[1:3]
-    small = (max(1, round(x * factor)), max(1, round(y * factor)))
-    if small == (x, y):
-        return image
-    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-    slices = t.permute(3, 0, 1, 2)  # (Z, C, X, Y): each slice alone, z untouched
-    down = F.adaptive_avg_pool2d(slices, small)
-    up = F.interpolate(down, size=(x, y), mode="bilinear", align_corners=False)
-    return up.permute(1, 2, 3, 0).contiguous().numpy()
 
 
 def foreground_statistics(prepared: PreparedCase, max_samples: int = 20000) -> np.ndarray:
