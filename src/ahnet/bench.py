@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -33,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 #: Rows of the table (``--json`` keys, in order): the Table 2 network each is, and its Table 3 column.
 #: ``ahnet-released-plain`` is the plain module, without :func:`optimize_for_inference`.
@@ -65,14 +66,14 @@ TRAIN_ROWS = ("ahnet-paper", "ahnet-released", "ahnet-released-plain", "monai-ah
 MEMORY_KEPT = " (memory kept)"
 
 
-def parse_size(text: str) -> tuple[int, int, int]:
-    """``"384x256x64"`` to ``(384, 256, 64)``; a clear :class:`ConfigError` otherwise."""
+def parse_size(text: str, option: str = "--size") -> tuple[int, int, int]:
+    """``"384x256x64"`` to ``(384, 256, 64)``; a clear :class:`ConfigError` naming ``option`` otherwise."""
     try:
         size = tuple(int(s) for s in text.lower().split("x"))
     except ValueError:
         size = ()
     if len(size) != 3 or min(size) < 1:
-        raise ConfigError(f"--size must be XxYxZ with positive integers, such as 384x256x64; got {text!r}")
+        raise ConfigError(f"{option} must be XxYxZ with positive integers, such as 384x256x64; got {text!r}")
     return size  # type: ignore[return-value]
 
 
@@ -470,3 +471,127 @@ def format_table(result: dict) -> str:
             notes.append(f"{row:<28}{t['median_step_s']:>9.3f}{t['min_step_s']:>8.3f}-{t['max_step_s']:<7.3f}"
                          f"{t['patches_per_s']:>11.3f}{t['peak_mem_mb']:>9.0f}{vs}{ran}")
     return "\n".join(lines + notes)
+
+
+# --- `ahnet bench --predict`: the whole prediction, ours against MONAI's network --------------------
+
+#: What MONAI's port of our weights computes differently (:mod:`ahnet.models.monai_interop`).
+MONAI_DIFFERENCE = ("MONAI's trilinear up-sampling aligns corners (align_corners=True), ours does not; no MONAI "
+                    "option removes this, so the two label maps need not agree exactly")
+
+
+def _summary_s(times: list[float]) -> dict:
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "times_s": times}
+
+
+def _class_dice(a, b, classes: int) -> dict[str, float]:
+    """Dice of each foreground class (label values 1 .. classes-1) between two label maps."""
+    from .evaluation.segmentation import dice
+
+    return {str(c): dice(a == c, b == c) for c in range(1, classes)}
+
+
+def run_predict_bench(checkpoint: str, image: str, gt: str | None = None, device: str = "cpu", repeats: int = 1,
+                      window: tuple[int, int, int] | None = None, progress: bool = True) -> dict:
+    """``ahnet predict`` end to end on one image (reading, preprocessing, sliding windows, resampling
+    back, labels), with our network (the eval-only fast path) and with MONAI's ``AHNet`` carrying the
+    same weights (:func:`~ahnet.models.monai_interop.to_monai_ahnet`, MONAI's plain module), everything
+    else the same: window, overlap, batch, pre- and post-processing. ``checkpoint`` is what
+    ``ahnet predict -m`` takes (a file, or a run folder with its fold models and its plan's
+    post-processing).
+
+    The two alternate within each of ``repeats`` rounds, ours first, without a warm-up: a user's
+    single ``ahnet predict`` pays the first call's costs too. Returns the times (median, min, max),
+    their ratio, how far the two label maps agree, and each one's Dice against ``gt`` if given.
+    """
+    from tqdm import tqdm
+
+    from .data.volume import load_volume, read_header
+    from .evaluation.segmentation import _read_label
+    from .inference.predictor import Predictor
+    from .models.monai_interop import check_size, size_multiple, to_monai_ahnet
+    from .pipeline import resolve_models, run_postprocessing
+
+    dev = check_device(device)
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+    if not Path(image).is_file():
+        raise DataError(f"{image}: no such image file")
+    if gt is not None and not Path(gt).is_file():
+        raise DataError(f"{gt}: no such ground-truth file")
+    models = resolve_models(checkpoint)
+    options = {"device": str(dev), "window": window,
+               "largest_component": bool(run_postprocessing(checkpoint).get("largest_component", False))}
+
+    multiples: list[tuple[int, int, int]] = []
+
+    def monai_port(model: nn.Module) -> nn.Module:
+        net = to_monai_ahnet(model, allow_aligned_corners=True).eval()
+        multiples.append(size_multiple(model))
+        return net
+
+    theirs = Predictor(models, prepare=monai_port, **options)  # first: an unmappable network fails at once
+    if theirs.task != "seg":
+        raise ConfigError("bench --predict compares segmentation labels; this checkpoint detects (heatmaps)")
+    for (_, size, _), multiple in zip(theirs.members, multiples):
+        check_size(size, multiple, "window (--window or the training patch)")
+    case = Path(image).name.split(".nii")[0]
+    truth = _read_label(Path(gt), case, "ground truth")[0] if gt else None
+    file_shape = read_header(image).file_shape
+    if truth is not None and truth.shape != file_shape:
+        raise DataError(f"{gt}: ground truth of shape {truth.shape}, the image {image} has {file_shape}")
+    load_volume(image)  # the file in the OS cache for both
+    ours = Predictor(models, **options)
+    pipelines = {"ahnet": ours, "monai-ahnet": theirs}
+    times: dict[str, list[float]] = {name: [] for name in pipelines}
+    labels: dict = {}
+    with tqdm(total=repeats * 2, desc="bench --predict", unit="run", disable=None if progress else True) as bar:
+        for repeat in range(repeats):
+            for name, predictor in pipelines.items():
+                bar.set_postfix_str(f"{name} (repeat {repeat + 1})")
+                _sync(dev)
+                t = time.perf_counter()
+                labels[name] = predictor.predict_case(case, [image]).labels
+                _sync(dev)
+                times[name].append(time.perf_counter() - t)
+                bar.update()
+    a, b = labels["ahnet"], labels["monai-ahnet"]
+    classes = int(ours.meta["out_channels"])
+    import monai
+
+    result: dict = {
+        "mode": "predict", "device": str(dev), "machine": machine(dev), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "monai": monai.__version__, "checkpoint": str(checkpoint),
+        "image": str(image), "gt": gt, "shape": list(a.shape), "window": list(ours.window),
+        "overlap": ours.overlap, "batch_size": ours.batch_size, "largest_component": ours.largest_component,
+        "repeats": repeats, "ahnet": _summary_s(times["ahnet"]), "monai-ahnet": _summary_s(times["monai-ahnet"]),
+        "label_agreement": float((a == b).mean()), "dice_between": _class_dice(a, b, classes),
+        "monai_difference": MONAI_DIFFERENCE,
+    }
+    result["time_ratio"] = result["ahnet"]["median_s"] / result["monai-ahnet"]["median_s"]
+    if truth is not None:
+        result["dice_vs_gt"] = {name: _class_dice(labels[name], truth, classes) for name in pipelines}
+    return result
+
+
+def format_predict_table(result: dict) -> str:
+    """The ``--predict`` result as a small text table."""
+    gt = result.get("dice_vs_gt")
+    lines = [
+        f"ahnet predict end to end on {result['image']} ({'x'.join(map(str, result['shape']))}), window "
+        f"{'x'.join(map(str, result['window']))}, overlap {result['overlap']}, on {result['device']} "
+        f"({result['machine']}; {result['threads']} threads): median (min-max) of {result['repeats']}",
+        "",
+        f"{'pipeline':<14}{'median s':>10}{'min-max s':>14}" + ("  Dice vs GT (class: Dice)" if gt else ""),
+    ]
+    for name in ("ahnet", "monai-ahnet"):
+        r = result[name]
+        spread = f"{r['min_s']:.2f}-{r['max_s']:.2f}"
+        dice = "  " + ", ".join(f"{c}: {d:.4f}" for c, d in gt[name].items()) if gt else ""
+        lines.append(f"{name:<14}{r['median_s']:>10.2f}{spread:>14}{dice}")
+    between = ", ".join(f"{c}: {d:.4f}" for c, d in result["dice_between"].items())
+    lines += ["", f"ours / MONAI: {result['time_ratio']:.2f}x the time",
+              f"labels: {100 * result['label_agreement']:.3f}% of voxels equal; Dice between the two "
+              f"(class: Dice): {between or 'no foreground class'}",
+              f"note: {result['monai_difference']}"]
+    return "\n".join(lines)

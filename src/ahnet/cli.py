@@ -19,13 +19,25 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import ROWS, format_table, parse_size, run_bench
+    from .bench import ROWS, format_predict_table, format_table, parse_size, run_bench, run_predict_bench
 
-    rows = tuple(args.models.split(",")) if args.models else tuple(ROWS)
-    train_sizes = tuple(parse_size(size) for size in args.train_sizes.split(","))
-    result = run_bench(args.device, parse_size(args.size), args.repeats, rows, args.train_steps,
-                       progress=not args.quiet, train_sizes=train_sizes)
-    print(format_table(result))
+    if args.predict:
+        if not args.image:
+            raise ConfigError("--predict CHECKPOINT needs --image FILE, the volume to predict")
+        if args.models or args.train_steps:
+            raise ConfigError("--models and --train-steps time networks alone; --predict times whole predictions")
+        window = parse_size(args.window, "--window") if args.window else None
+        result = run_predict_bench(args.predict, args.image, args.gt, args.device,
+                                   1 if args.repeats is None else args.repeats, window, progress=not args.quiet)
+        print(format_predict_table(result))
+    else:
+        if args.image or args.gt or args.window:
+            raise ConfigError("--image, --gt and --window go with --predict CHECKPOINT")
+        rows = tuple(args.models.split(",")) if args.models else tuple(ROWS)
+        train_sizes = tuple(parse_size(size) for size in args.train_sizes.split(","))
+        result = run_bench(args.device, parse_size(args.size), 3 if args.repeats is None else args.repeats, rows,
+                           args.train_steps, progress=not args.quiet, train_sizes=train_sizes)
+        print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nJSON written to {args.json}")
@@ -250,15 +262,11 @@ def _train_run(args: argparse.Namespace) -> int:
 
 
 def _experiment(args: argparse.Namespace) -> int:
-    from .experiments import run_experiment
+    from .experiments import run_experiment, summary_text
 
     summary = run_experiment(args.name, args.out, data=args.data, test=args.test, task=args.task, scale=args.scale,
-                             device=args.device, seed=args.seed, workers=args.workers)
-    print(f"\n{summary['title']} ({summary['task']}, scale {summary['scale']}, "
-          f"{summary['seconds'] / 60:.1f} min)")
-    print("  ".join(f"{h:>10}" if i else f"{h:<28}" for i, h in enumerate(summary["header"])))
-    for row in summary["rows"]:
-        print("  ".join(f"{v:>10.3f}" if i else f"{v:<28}" for i, v in enumerate(row)))
+                             device=args.device, seed=args.seed, seeds=args.seeds, workers=args.workers)
+    print(f"\n{summary_text(summary)}")
     print(f"\n{Path(args.out) / 'results.md'}, {summary['plot']}")
     return 0
 
@@ -377,6 +385,7 @@ class _HelpWithDefaults(argparse.HelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     from .evaluation.segmentation import SURFACE_TOLERANCE_MM
+    from .experiments import SCALES
 
     from . import __version__
 
@@ -391,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="Table 3: forward time, FLOP/s and peak memory of every network")
     bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (bf16 autocast on CUDA)")
     bench.add_argument("--size", default="384x256x64", help="volume XxYxZ (Table 3: 384x256x64)")
-    bench.add_argument("--repeats", type=int, default=3, help="timed forwards per model, after one warm-up")
+    bench.add_argument("--repeats", type=int, help="timed forwards per model, after one warm-up (default 3); "
+                       "with --predict, whole predictions per pipeline (default 1)")
     bench.add_argument("--models", help="comma-separated rows of the table to run (default all; a wrong name "
                        "lists them)")
     bench.add_argument("--train-steps", type=int, default=0,
@@ -401,6 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="patch sizes of the training rows (the demo's and the paper's CT patch)")
     bench.add_argument("--json", help="write the results here")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.add_argument("--predict", metavar="CHECKPOINT",
+                       help="instead: `ahnet predict` end to end with this checkpoint (as predict -m), ours against "
+                       "MONAI's AHNet with the same weights; labels compared")
+    bench.add_argument("--image", metavar="FILE", help="--predict: the NIfTI volume to predict")
+    bench.add_argument("--gt", metavar="FILE", help="--predict: its ground-truth labels, for each pipeline's Dice")
+    bench.add_argument("--window", metavar="XxYxZ", help="--predict: sliding window (default the training patch); "
+                       "MONAI's AHNet computes ours on X, Y multiples of 128 (four pyramid pools) and Z of 32")
     bench.set_defaults(run=_bench)
 
     demo = commands.add_parser("demo", help="the whole method on built-in synthetic data (about 7 min on a 2-core CPU)")
@@ -424,7 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--scale", choices=("cpu", "gpu", "tiny"), default="cpu",
                             help="data and training sizes (as for ahnet demo)")
     experiment.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    experiment.add_argument("--seed", type=int, default=0, help="seeds the phantoms and the training")
+    experiment.add_argument("--seed", type=int, default=0, help="seeds the phantoms and the first training")
+    experiment.add_argument("--seeds", type=int, metavar="N",
+                            help="trainings of each network, with seeds SEED, SEED+1, ...: every number gets a 95%% "
+                            "interval over test cases and seeds (default: "
+                            + ", ".join(f"{s.seeds} at {name}" for name, s in SCALES.items()) + ")")
     experiment.add_argument("--workers", type=int, default=2, help="DataLoader workers sampling patches")
     experiment.set_defaults(run=_experiment)
 

@@ -10,10 +10,16 @@ the same way (same data, patches, iterations and evaluation) so that rows are co
   without pyramid pooling, and with an isotropic 3x3x3 decoder;
 - ``table3`` (timing) is :func:`ahnet.bench.run_bench`.
 
-Each arm writes ``result.json`` into its own folder when done; rerunning the same command skips the
-finished arms, so a crash costs at most the arm in progress (an arm finished with another scale or
-seed is trained again, never reported as this run's). ``results.md`` and ``results.json``
-hold the table, beside the paper's numbers, which come from a GPU and the paper's data, never ours.
+Every arm is trained with ``--seeds N`` training seeds on the same data (``out/seed-<s>/<arm>/``), so
+that each number of the table is a mean with a 95 % interval by bootstrap over the test cases and
+the seeds (:mod:`ahnet.evaluation.bootstrap`), and each of the paper's orderings (an
+:attr:`Experiment.orderings` entry) is tested by the paired bootstrap of the two rows' difference.
+
+Each arm writes ``result.json`` (with the per-case material the bootstrap needs) into its own folder
+when done; rerunning the same command skips the finished arms, so a crash costs at most the arm in
+progress (an arm finished with another scale, data or training seed is trained again, never reported
+as this run's). ``results.md`` and ``results.json`` hold the table, beside the paper's numbers, which
+come from a GPU and the paper's data, never ours.
 """
 
 from __future__ import annotations
@@ -23,10 +29,15 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
 
 from .errors import ConfigError, DataError
+from .evaluation.bootstrap import (LEVEL, RESAMPLES, Bootstrap, Estimate, Interval, Metric, dice_global, froc_tpr,
+                                   mean_per_case, verdict)
 from .fileio import atomic_write_text
 
 
@@ -50,7 +61,11 @@ class Arm:
 
 @dataclass(frozen=True)
 class Scale:
-    """Data and training sizes. ``cpu`` runs anywhere in minutes per arm; ``gpu`` is closer to §4."""
+    """Data and training sizes. ``cpu`` runs anywhere in minutes per arm; ``gpu`` is closer to §4.
+
+    ``seeds``: training seeds per arm when ``--seeds`` is not given (the rows' intervals need more than
+    one to show training variation; ``tiny``, a smoke test, trains one).
+    """
 
     train_cases: int
     test_cases: int
@@ -67,10 +82,11 @@ class Scale:
     batch3d: int
     lr2d: float = 5e-4
     lr3d: float = 1e-3
+    seeds: int = 3
 
 
 SCALES: dict[str, Scale] = {
-    "tiny": Scale(2, 1, (40, 40, 12), (40, 40, 12), (32, 32), (32, 32, 8), "resnet18", 1, 1, 1, 2, 2, 2),
+    "tiny": Scale(2, 1, (40, 40, 12), (40, 40, 12), (32, 32), (32, 32, 8), "resnet18", 1, 1, 1, 2, 2, 2, seeds=1),
     "cpu": Scale(12, 6, (96, 96, 24), (96, 96, 32), (96, 96), (96, 96, 16), "resnet18", 5, 2, 4, 18, 8, 2),
     "gpu": Scale(64, 16, (256, 256, 48), (256, 256, 48), (256, 256), (192, 192, 32), "resnet50", 40, 5, 40, 200,
                  16, 4),
@@ -81,6 +97,11 @@ AHNET = Arm("AH-Net", "ahnet", transfer=True)
 FOUR = (Arm("2D U-Net", "2d-unet"), Arm("3D U-Net", "3d-unet"), MCGCN, AHNET)
 
 
+#: The paper's lesion metric: Dice global on the CT-like task (Table 5), TPR at 0.25 FP per volume on the
+#: DBT-like one (Table 4's last column). An ordering is tested on the first of these columns the table has.
+LESION = ("lesion DG", "0.25")
+
+
 @dataclass(frozen=True)
 class Experiment:
     title: str
@@ -88,6 +109,12 @@ class Experiment:
     arms: tuple[Arm, ...]
     #: the paper's published rows (its data, its GPU): shown beside ours, never mixed with them
     paper: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: the paper's claims to test: (better row, worse row, columns to test it on, the first the table has)
+    orderings: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+
+
+#: §4: AH-Net above MC-GCN above the 3D U-Net on lesions (Tables 4 and 5).
+PAPER_ORDER = (("AH-Net", "MC-GCN", LESION), ("MC-GCN", "3D U-Net", LESION))
 
 
 EXPERIMENTS: dict[str, Experiment] = {
@@ -96,10 +123,10 @@ EXPERIMENTS: dict[str, Experiment] = {
         "3D U-Net": {"0.01": 0.2448, "0.05": 0.3877, "0.1": 0.4381, "0.15": 0.5592, "0.2": 0.5738, "0.25": 0.5733},
         "MC-GCN": {"0.01": 0.3385, "0.05": 0.6727, "0.1": 0.6727, "0.15": 0.6909, "0.2": 0.7018, "0.25": 0.7272},
         "AH-Net": {"0.01": 0.4931, "0.05": 0.6000, "0.1": 0.7272, "0.15": 0.7454, "0.2": 0.7818, "0.25": 0.7818},
-    }),
+    }, PAPER_ORDER),
     "table5": Experiment("Table 5 style: liver and lesion Dice global (DG) and per case (DPC)", "seg", FOUR, {
         "AH-Net": {"lesion DG": 0.834, "lesion DPC": 0.634, "liver DG": 0.970, "liver DPC": 0.963},
-    }),
+    }, PAPER_ORDER),
     "ablations": Experiment("Ablations of AH-Net", None, (
         replace(MCGCN, shown=False),
         AHNET,
@@ -107,7 +134,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         Arm("no focal loss", "ahnet", transfer=True, focal=False),
         Arm("no pyramid pooling", "ahnet", transfer=True, options={"pyramid_pools": []}),
         Arm("isotropic 3x3x3 decoder", "ahnet", transfer=True, options={"dense_layer": "isotropic"}),
-    )),
+    ), orderings=(("AH-Net", "from scratch (no transfer)", LESION), ("AH-Net", "no focal loss", LESION))),
 }
 
 FROC_COLUMNS = ("0.01", "0.05", "0.1", "0.15", "0.2", "0.25")
@@ -163,19 +190,26 @@ def _seg_classes(data: Path) -> dict[str, tuple[int, ...]]:
 
 
 def evaluate_predictions(task: str, predictions: Path, test: Path) -> dict:
-    """Dice (seg; LiTS classes where the labels are LiTS's) or FROC (det) of a prediction folder."""
+    """Dice (seg; LiTS classes where the labels are LiTS's) or FROC (det) of a prediction folder, with the
+    per-case material of the bootstrap: voxel counts per case (seg), findings per volume (det, ``cases``)."""
     if task == "seg":
         from .evaluation.segmentation import evaluate_segmentation
 
         return evaluate_segmentation(predictions, test / "labelsTr", classes=_seg_classes(test), progress=False).to_dict()
-    from .evaluation.detection import evaluate_detection
+    from .evaluation.detection import case_findings, froc, read_boxes_json, read_detections_csv
 
-    return evaluate_detection(predictions / "detections.csv", test / "boxesTr.json")
+    detections, boxes = read_detections_csv(predictions / "detections.csv"), read_boxes_json(test / "boxesTr.json")
+    return froc(detections, boxes).to_dict() | {"cases": case_findings(detections, boxes)}
 
 
 def run_arms(task: str, arms: tuple[Arm, ...], scale: Scale, data: Path, test: Path, out: Path, *,
-             device: str = "auto", seed: int = 0, workers: int = 2, progress: bool = True) -> dict[str, dict]:
-    """Train, predict and evaluate every arm in order; finished arms (``result.json``) are reused."""
+             device: str = "auto", seed: int = 0, workers: int = 2, progress: bool = True,
+             data_seed: int | None = None) -> dict[str, dict]:
+    """Train, predict and evaluate every arm in order; finished arms (``result.json``) are reused.
+
+    ``seed`` seeds the training; ``data_seed`` (default: ``seed``) is the seed the phantoms were made
+    with, recorded so that an arm trained on other data is never reused for this one.
+    """
     from .inference import predict
     from .models.factory import model_from_meta
     from .training import TrainConfig, Trainer, transfer_checkpoint
@@ -190,7 +224,8 @@ def run_arms(task: str, arms: tuple[Arm, ...], scale: Scale, data: Path, test: P
     common = dict(data=str(data), backbone=scale.backbone, iters_per_epoch=scale.iters, device=device, seed=seed,
                   workers=workers, val_patches=4, dice_loss=task == "seg")
     results: dict[str, dict] = {}
-    settings = {"scale": asdict(scale), "seed": seed, "dice_loss": task == "seg"}
+    settings = {"scale": asdict(scale), "seed": seed, "data_seed": seed if data_seed is None else data_seed,
+                "dice_loss": task == "seg"}
     for arm in arms:
         folder = out / _slug(arm.name)
         done = folder / "result.json"
@@ -236,78 +271,239 @@ def run_arms(task: str, arms: tuple[Arm, ...], scale: Scale, data: Path, test: P
     return results
 
 
-def _row(task: str, metrics: Mapping[str, Any]) -> dict[str, float]:
+@dataclass(frozen=True)
+class _Column:
+    """One metric of the table: its name in words, and how to recompute it on resampled cases."""
+
+    label: str
+    metric: Metric
+    material: Callable[[Mapping[str, Any], list[str]], Any]  # (an arm's metrics, case order) -> per-case material
+
+
+def _columns(task: str, metrics: Mapping[str, Any]) -> dict[str, _Column]:
+    """TPR at Table 4's FP rates (det); Dice global and per case of each class (seg, Table 5)."""
     if task == "det":
-        return {k: float(metrics["froc"].get(k, 0.0)) for k in FROC_COLUMNS}
-    row = {}
+        return {k: _Column(f"TPR at {k} FP per volume", partial(froc_tpr, rate=float(k)), _findings)
+                for k in FROC_COLUMNS}
+    columns = {}
     for cls in metrics["dice_global"]:
-        row[f"{cls} DG"] = float(metrics["dice_global"][cls])
-        row[f"{cls} DPC"] = float(metrics["dice_per_case"][cls])
-    return row
+        columns[f"{cls} DG"] = _Column(f"{cls} Dice global", dice_global, partial(_counts, cls=cls))
+        columns[f"{cls} DPC"] = _Column(f"{cls} Dice per case", mean_per_case, partial(_case_dice, cls=cls))
+    return columns
 
 
-def results_table(experiment: Experiment, task: str, results: Mapping[str, dict]) -> tuple[list[str], list[list]]:
-    """Header and rows (``name``, metric values, training minutes) of the arms that are shown."""
-    rows, columns = [], None
-    for arm in experiment.arms:
-        if not arm.shown or arm.name not in results:
+def _findings(metrics: Mapping[str, Any], cases: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    found = [metrics["cases"][c] for c in cases]
+    return [(np.asarray(f["fp"], dtype=np.float64),
+             np.array([-np.inf if s is None else s for s in f["lesions"]], dtype=np.float64)) for f in found]
+
+
+def _counts(metrics: Mapping[str, Any], cases: list[str], cls: str) -> np.ndarray:
+    return np.array([[metrics["counts"][c][cls][k] for k in ("tp", "fp", "fn")] for c in cases], dtype=np.float64)
+
+
+def _case_dice(metrics: Mapping[str, Any], cases: list[str], cls: str) -> np.ndarray:
+    return np.array([metrics["cases"][c][cls] for c in cases], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class OrderingTest:
+    """One of the paper's orderings ("better > worse") tested on our rows; ``difference`` is the paired
+    bootstrap of better - worse, ``None`` when the table lacks the rows or the column."""
+
+    better: str
+    worse: str
+    metric: str
+    better_interval: Interval | None = None
+    worse_interval: Interval | None = None
+    difference: Interval | None = None
+
+    @property
+    def verdict(self) -> str:
+        return "not tested" if self.difference is None else verdict(self.difference)
+
+    @property
+    def overlap(self) -> bool | None:
+        return None if self.difference is None else self.better_interval.overlaps(self.worse_interval)
+
+    def line(self) -> str:
+        """``AH-Net > MC-GCN on lesion Dice global: 0.410 [0.300, 0.520] vs 0.350 [...], intervals overlap;
+        paired difference +0.060 [-0.030, 0.150]: not shown``."""
+        if self.difference is None:
+            return f"{self.better} > {self.worse}: not tested (this table has no {self.metric})"
+        return (f"{self.better} > {self.worse} on {self.metric}: {self.better_interval.format()} vs "
+                f"{self.worse_interval.format()}, intervals {'overlap' if self.overlap else 'apart'}; "
+                f"paired difference {self.difference.format(sign=True)}: {self.verdict}")
+
+    def to_dict(self) -> dict:
+        intervals = {k: getattr(self, k) for k in ("better_interval", "worse_interval", "difference")}
+        return {"better": self.better, "worse": self.worse, "metric": self.metric, "verdict": self.verdict,
+                "overlap": self.overlap, "line": self.line(),
+                **{k: v.to_dict() if v else None for k, v in intervals.items()}}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The table (an :class:`Interval` per cell) and the orderings tested, from ``seeds`` runs of ``cases``."""
+
+    header: list[str]
+    rows: list[list]  # name, an Interval per metric, mean training minutes
+    orderings: list[OrderingTest]
+    seeds: int
+    cases: int
+    resamples: int
+
+    def to_dict(self) -> dict:
+        """``rows`` hold the means (as before intervals); ``intervals`` the same cells with their intervals."""
+        metrics = self.header[1:-1]
+        return {"header": self.header,
+                "rows": [[row[0], *(c.mean for c in row[1:-1]), row[-1]] for row in self.rows],
+                "intervals": {row[0]: {m: c.to_dict() for m, c in zip(metrics, row[1:-1])} for row in self.rows},
+                "orderings": [o.to_dict() for o in self.orderings],
+                "bootstrap": {"seeds": self.seeds, "cases": self.cases, "resamples": self.resamples, "level": LEVEL}}
+
+
+def compare(experiment: Experiment, task: str, runs: Sequence[Mapping[str, dict]],
+            resamples: int = RESAMPLES) -> Comparison:
+    """Table and orderings of finished runs, one mapping ``arm name -> result.json`` per training seed.
+
+    Works from saved results alone (``results.json``'s ``arms`` values): every cell is recomputed
+    from the per-case material on each resample of seeds and cases, one draw for all rows (paired).
+    """
+    shown = [a.name for a in experiment.arms if a.shown and all(a.name in run for run in runs)]
+    if not runs or not shown:
+        raise DataError(f"{experiment.title}: no finished arm to report")
+    first = runs[0][shown[0]]["metrics"]
+    columns, cases = _columns(task, first), sorted(first["cases"])
+    for k, run in enumerate(runs):
+        for name in shown:
+            if sorted(run[name]["metrics"]["cases"]) != cases:
+                raise DataError(f"{name} (run {k}) was scored on other test cases than {shown[0]} (run 0): "
+                                "rows are compared on the same cases only")
+    boot = Bootstrap(len(runs), len(cases), resamples)
+    estimates: dict[str, dict[str, Estimate]] = {
+        name: {col: boot.estimate(c.metric, [c.material(run[name]["metrics"], cases) for run in runs])
+               for col, c in columns.items()} for name in shown}
+    rows = [[name, *(estimates[name][col].interval for col in columns),
+             float(np.mean([run[name]["train_s"] for run in runs])) / 60] for name in shown]
+    orderings = []
+    for better, worse, wanted in experiment.orderings:
+        col = next((c for c in wanted if c in columns), None)
+        if col is None or better not in estimates or worse not in estimates:
+            missing = [n for n in (better, worse) if n not in estimates]
+            orderings.append(OrderingTest(better, worse, f"row {' or '.join(missing)}" if missing else
+                                          f"column {' or '.join(wanted)}"))
             continue
-        values = _row(task, results[arm.name]["metrics"])
-        columns = columns or list(values)
-        rows.append([arm.name, *[values.get(c, float("nan")) for c in columns], results[arm.name]["train_s"] / 60])
-    return ["network", *(columns or []), "train min"], rows
+        b, w = estimates[better][col], estimates[worse][col]
+        orderings.append(OrderingTest(better, worse, columns[col].label, b.interval, w.interval,
+                                      boot.difference(b, w)))
+    return Comparison(["network", *columns, "train min"], rows, orderings, len(runs), len(cases), resamples)
 
 
 def _markdown(header: list[str], rows: list[list], digits: int = 3) -> str:
+    def cell(v) -> str:
+        if isinstance(v, Interval):
+            return v.format(digits)
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [row[0]] + [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row[1:]]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join([row[0], *map(cell, row[1:])]) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def _plot(task: str, experiment: Experiment, results: Mapping[str, dict], test: Path, path: Path) -> None:
-    shown = [a for a in experiment.arms if a.shown and a.name in results]
+def _intervals_note(bootstrap: Mapping[str, int]) -> str:
+    """How to read the cells (``Comparison.to_dict()["bootstrap"]``), for results.md and the printed summary."""
+    return (f"Each cell: mean over {bootstrap['seeds']} training seed(s) [95 % interval by bootstrap over the "
+            f"{bootstrap['cases']} test case(s) and the seeds, {bootstrap['resamples']} resamples]. Two rows whose "
+            "intervals overlap are not shown apart by them; the paired difference of the orderings is the test.")
+
+
+#: What the orderings' verdicts mean (results.md and the printed summary).
+VERDICTS = ('"holds": the 95 % interval of the paired difference (better - worse, same cases and seeds) is '
+            'above 0; "does not hold": below 0 (the reverse is shown); "not shown": it holds 0.')
+
+
+def _mean_curve(curves: Sequence[Sequence[Sequence[float]]]) -> list[list[float]]:
+    """Mean over seeds of FROC step curves (the TPR reached at each FP rate), on all their FP rates."""
+    grid = np.unique(np.concatenate([[p[0] for p in c] for c in curves]))
+    values = []
+    for c in curves:
+        fp, tpr = np.array([p[0] for p in c]), np.maximum.accumulate([p[1] for p in c])
+        values.append(tpr[np.searchsorted(fp, grid, side="right") - 1])
+    return [[float(x), float(y)] for x, y in zip(grid, np.mean(values, axis=0))]
+
+
+def _plot(task: str, comparison: Comparison, experiment: Experiment, runs: Sequence[Mapping[str, dict]],
+          path: Path) -> None:
+    """FROC curves (mean over seeds, interval bars at the table's rates) or Dice bars with interval bars."""
+    metrics = comparison.header[1:-1]
+    title = experiment.title.split(":")[0]
     if task == "det":
         from .evaluation.detection import FROCResult, plot_froc
 
-        curves = [(a.name, FROCResult(**{k: results[a.name]["metrics"][k] for k in ("froc", "lesions", "volumes", "curve")}))
-                  for a in shown]
-        plot_froc(curves, path, title=experiment.title.split(":")[0] + ": FROC")
+        curves, bars = [], {}
+        for row in comparison.rows:
+            first = runs[0][row[0]]["metrics"]
+            mean = {m: c.mean for m, c in zip(metrics, row[1:-1])}
+            curve = _mean_curve([run[row[0]]["metrics"]["curve"] for run in runs])
+            curves.append((row[0], FROCResult(mean, first["lesions"], first["volumes"], curve)))
+            bars[row[0]] = {m: (c.low, c.high) for m, c in zip(metrics, row[1:-1])}
+        plot_froc(curves, path, title=f"{title}: FROC (mean of {comparison.seeds} seed(s), 95 % intervals)",
+                  intervals=bars)
         return
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    header, rows = results_table(experiment, task, results)
     fig = Figure(figsize=(7, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    metrics = header[1:-1]
-    width = 0.8 / max(1, len(rows))
-    for i, row in enumerate(rows):
-        ax.bar([m + i * width for m in range(len(metrics))], row[1:-1], width, label=row[0])
+    width = 0.8 / max(1, len(comparison.rows))
+    for i, row in enumerate(comparison.rows):
+        cells = row[1:-1]
+        errors = [[c.mean - c.low for c in cells], [c.high - c.mean for c in cells]]
+        ax.bar([m + i * width for m in range(len(metrics))], [c.mean for c in cells], width, label=row[0],
+               yerr=np.clip(errors, 0, None), capsize=2, error_kw={"elinewidth": 0.8})
     ax.set_xticks([m + 0.4 - width / 2 for m in range(len(metrics))], metrics)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("Dice")
-    ax.set_title(experiment.title.split(":")[0])
+    ax.set_ylabel(f"Dice (mean of {comparison.seeds} seed(s), 95 % interval)")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
 
 
+def summary_text(summary: Mapping[str, Any]) -> str:
+    """The printed summary of :func:`run_experiment`: the table with intervals, then the orderings."""
+    header, intervals = summary["header"], summary["intervals"]
+    lines = [f"{summary['title']} ({summary['task']}, scale {summary['scale']}, {summary['seconds'] / 60:.1f} min)",
+             "  ".join(f"{h:>22}" if i else f"{h:<28}" for i, h in enumerate(header))]
+    for row in summary["rows"]:
+        cells = [Interval(**intervals[row[0]][m]).format() for m in header[1:-1]]
+        lines.append("  ".join([f"{row[0]:<28}", *(f"{c:>22}" for c in cells), f"{row[-1]:>22.1f}"]))
+    lines += ["", _intervals_note(summary["bootstrap"])]
+    if summary["orderings"]:
+        lines += ["", "Orderings of the paper:", *(f"  {o['line']}" for o in summary["orderings"]), VERDICTS]
+    return "\n".join(lines)
+
+
 def run_experiment(name: str, out: str | Path, *, data: str | Path | None = None, test: str | Path | None = None,
                    task: str | None = None, scale: str = "cpu", device: str = "auto", seed: int = 0,
-                   workers: int = 2, progress: bool = True) -> dict:
+                   seeds: int | None = None, workers: int = 2, progress: bool = True) -> dict:
     """Run experiment ``name`` into ``out``: results.json, results.md and a plot (FROC or Dice bars).
 
-    Without ``data`` the built-in phantoms of ``task`` are generated at ``scale``; with ``data`` (a
-    training data set) ``test`` must be a second data set with labels (seg) or boxes (det).
+    Without ``data`` the built-in phantoms of ``task`` are generated at ``scale`` (with ``seed``); with
+    ``data`` (a training data set) ``test`` must be a second data set with labels (seg) or boxes (det).
+    Every arm is trained ``seeds`` times (default: the scale's), with training seeds ``seed``,
+    ``seed + 1``, ... into ``out/seed-<s>/``; the table gives means with 95 % intervals.
     """
     if name not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)} (table3: ahnet bench)")
     if scale not in SCALES:
         raise ConfigError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
     experiment, sizes, out = EXPERIMENTS[name], SCALES[scale], Path(out)
+    seeds = sizes.seeds if seeds is None else seeds
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"--seeds must be a whole number >= 1 (trainings of each network), got {seeds!r}")
     if (data is None) != (test is None):
         raise ConfigError("give both --data (training set) and --test (held-out set with labels), or neither")
     if data is not None:
@@ -330,20 +526,26 @@ def run_experiment(name: str, out: str | Path, *, data: str | Path | None = None
         out.mkdir(parents=True, exist_ok=True)
         data, test = synthetic_data(task, out, sizes, seed, progress)
     start = time.time()
-    results = run_arms(task, experiment.arms, sizes, data, test, out, device=device, seed=seed, workers=workers,
-                       progress=progress)
-    header, rows = results_table(experiment, task, results)
+    # The data stay those of ``seed``; only the training seed varies, so rows are paired on the same cases.
+    runs = {f"seed-{s}": run_arms(task, experiment.arms, sizes, data, test, out / f"seed-{s}", device=device, seed=s,
+                                  data_seed=seed, workers=workers, progress=progress)
+            for s in range(seed, seed + seeds)}
+    comparison = compare(experiment, task, list(runs.values()))
     plot = out / ("froc.png" if task == "det" else "dice.png")
-    _plot(task, experiment, results, test, plot)
+    _plot(task, comparison, experiment, list(runs.values()), plot)
     summary = {"experiment": name, "title": experiment.title, "task": task, "scale": scale, "sizes": asdict(sizes),
                "data": str(data), "test": str(test), "device": device, "machine": _machine(device), "seed": seed,
-               "seconds": round(time.time() - start, 1), "header": header, "rows": rows,
-               "paper": {k: dict(v) for k, v in experiment.paper.items()}, "arms": results, "plot": str(plot)}
+               "seeds": list(range(seed, seed + seeds)), "seconds": round(time.time() - start, 1),
+               **comparison.to_dict(), "paper": {k: dict(v) for k, v in experiment.paper.items()}, "arms": runs,
+               "plot": str(plot)}
     _write_json(out / "results.json", summary)
     text = [f"# {experiment.title}", "",
             f"Ours: scale `{scale}` ({sizes.backbone}, {sizes.train_cases} training / {sizes.test_cases} test "
-            f"cases), data `{data}`, device `{device}` ({summary['machine']}), seed {seed}.", "",
-            _markdown(header, rows), ""]
+            f"cases), data `{data}`, device `{device}` ({summary['machine']}), data seed {seed}, training seeds "
+            f"{', '.join(map(str, summary['seeds']))} (`seed-<s>/`).", "",
+            _markdown(comparison.header, comparison.rows), "", _intervals_note(summary["bootstrap"]), ""]
+    if comparison.orderings:
+        text += ["## Orderings of the paper", "", *(f"- {o.line()}" for o in comparison.orderings), "", VERDICTS, ""]
     if experiment.paper:
         paper_header = ["network (paper, its data, GPU)", *next(iter(experiment.paper.values())).keys()]
         paper_rows = [[k, *v.values()] for k, v in experiment.paper.items()]

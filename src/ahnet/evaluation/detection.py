@@ -265,6 +265,42 @@ def froc(detections: Sequence[Detection], boxes: Mapping[str, Sequence[Sequence[
     Cost: one sort of the D scores plus D x B_case box tests per case.
     """
     rates = _check_rates(rates)
+    matched = list(_match(detections, boxes).values())
+    n_lesions = sum(len(best) for _, _, best in matched)
+    n_volumes = len(matched)
+    fp_sorted = np.sort(np.concatenate([fp for _, fp, _ in matched]))
+    box_sorted = np.sort(np.concatenate([best for _, _, best in matched]))  # -inf: never found
+    thresholds = np.unique(np.concatenate([scores for scores, _, _ in matched]))[::-1]
+    # counts of scores >= t for every threshold t at once
+    n_fp = len(fp_sorted) - np.searchsorted(fp_sorted, thresholds, side="left")
+    n_tp = len(box_sorted) - np.searchsorted(box_sorted, thresholds, side="left")
+    fp_rate = np.concatenate([[0.0], n_fp / n_volumes])
+    tpr = np.concatenate([[0.0], n_tp / n_lesions if n_lesions else np.zeros(len(thresholds))])
+    curve = [[float(f), float(p)] for f, p in zip(fp_rate, tpr)]
+    fp_counts = np.concatenate([[0], n_fp])
+    table = {}
+    for rate in rates:
+        ok = fp_counts <= rate * n_volumes * (1 + 1e-12)  # FP/vol <= rate, exact for counts
+        table[f"{rate:g}"] = float(tpr[ok].max())
+    return FROCResult(froc=table, lesions=n_lesions, volumes=n_volumes, curve=curve)
+
+
+def case_findings(detections: Sequence[Detection], boxes: Mapping[str, Sequence[Sequence[int]]]
+                  ) -> dict[str, dict[str, list]]:
+    """Per volume, what the FROC is made of: ``{"fp": [scores of false positives], "lesions": [per box the
+    best score inside, None if missed]}``, JSON-ready, with :func:`froc`'s rules and checks.
+
+    Kept beside the FROC (``ahnet experiment``'s result.json) so that it can be recomputed on any
+    resample of the volumes (:func:`ahnet.evaluation.bootstrap.froc_tpr`) without the predictions.
+    """
+    return {case: {"fp": [float(s) for s in fp], "lesions": [float(b) if np.isfinite(b) else None for b in best]}
+            for case, (_, fp, best) in _match(detections, boxes).items()}
+
+
+def _match(detections: Sequence[Detection], boxes: Mapping[str, Sequence[Sequence[int]]]
+           ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per volume of ``boxes``: its detections' scores, its false positives' scores and, per box, the best
+    score inside (-inf: missed), with :func:`froc`'s rules; the inputs are checked here."""
     if not isinstance(boxes, Mapping):
         raise ConfigError(f"boxes must be a mapping {{case: [[x0, y0, z0, x1, y1, z1], ...]}}, "
                           f"got {type(boxes).__name__}")
@@ -277,8 +313,6 @@ def froc(detections: Sequence[Detection], boxes: Mapping[str, Sequence[Sequence[
                             f"(an empty list for a negative volume), got {blist!r}")
         checked = [_check_box(b, f"case {case!r} box {k}") for k, b in enumerate(blist)]
         case_boxes[case] = np.asarray(checked, dtype=np.int64).reshape(-1, 6)
-    n_lesions = sum(len(b) for b in case_boxes.values())
-    n_volumes = len(case_boxes)
 
     per_case: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
     unknown: set[str] = set()
@@ -295,36 +329,18 @@ def froc(detections: Sequence[Detection], boxes: Mapping[str, Sequence[Sequence[
                         f"{' ...' if len(names) > 5 else ''} that the boxes do not list; every evaluated "
                         "volume needs an entry in the boxes ([] for a negative volume)")
 
-    fp_scores: list[np.ndarray] = []
-    all_scores: list[np.ndarray] = []
-    best = {case: np.full(len(b), -np.inf) for case, b in case_boxes.items()}  # per box: best score inside
+    empty = np.zeros(0)
+    matched = {case: (empty, empty, np.full(len(b), -np.inf)) for case, b in case_boxes.items()}
     for case, dets in per_case.items():
         a = np.asarray(dets, dtype=np.float64)
         xyz, s = a[:, :3], a[:, 3]
-        all_scores.append(s)
         b = case_boxes[case]
         if len(b) == 0:
-            fp_scores.append(s)
+            matched[case] = (s, s, empty)
             continue
         inside = ((xyz[:, None, :] >= b[None, :, :3]) & (xyz[:, None, :] <= b[None, :, 3:])).all(axis=2)
-        fp_scores.append(s[~inside.any(axis=1)])
-        best[case] = np.where(inside, s[:, None], -np.inf).max(axis=0)
-
-    fp_sorted = np.sort(np.concatenate(fp_scores)) if fp_scores else np.zeros(0)
-    box_sorted = np.sort(np.concatenate(list(best.values()))) if n_lesions else np.zeros(0)
-    thresholds = np.unique(np.concatenate(all_scores))[::-1] if all_scores else np.zeros(0)
-    # counts of scores >= t for every threshold t at once
-    n_fp = len(fp_sorted) - np.searchsorted(fp_sorted, thresholds, side="left")
-    n_tp = len(box_sorted) - np.searchsorted(box_sorted, thresholds, side="left")
-    fp_rate = np.concatenate([[0.0], n_fp / n_volumes])
-    tpr = np.concatenate([[0.0], n_tp / n_lesions if n_lesions else np.zeros(len(thresholds))])
-    curve = [[float(f), float(p)] for f, p in zip(fp_rate, tpr)]
-    fp_counts = np.concatenate([[0], n_fp])
-    table = {}
-    for rate in rates:
-        ok = fp_counts <= rate * n_volumes * (1 + 1e-12)  # FP/vol <= rate, exact for counts
-        table[f"{rate:g}"] = float(tpr[ok].max())
-    return FROCResult(froc=table, lesions=n_lesions, volumes=n_volumes, curve=curve)
+        matched[case] = (s, s[~inside.any(axis=1)], np.where(inside, s[:, None], -np.inf).max(axis=0))
+    return matched
 
 
 # ---------------------------------------------------------------------------------------- files
@@ -443,13 +459,15 @@ def read_boxes_json(path) -> dict[str, list[tuple[int, ...]]]:
     return out
 
 
-def plot_froc(result: FROCResult | Sequence[tuple[str, FROCResult]], path, title: str = "FROC") -> None:
+def plot_froc(result: FROCResult | Sequence[tuple[str, FROCResult]], path, title: str = "FROC",
+              intervals: Mapping[str, Mapping[str, tuple[float, float]]] | None = None) -> None:
     """FROC curve(s) as in Fig. 6: TPR against FP/volume on a log axis, markers at the read-out rates.
 
     The curve is drawn as steps (the TPR reachable at a FP/volume holds until the next threshold
     adds a point), so each marker - the "highest TPR with FP/volume <= f" of :func:`froc` - lies on
     it. Points with 0 FP/volume are drawn at the left edge, 0.01. The x axis spans 0.01 to 4, or
-    to the largest read-out rate if that is larger. Saved atomically.
+    to the largest read-out rate if that is larger. ``intervals``: per curve name, per read-out rate
+    (``froc``'s keys) a (low, high) TPR interval, drawn as an error bar on the marker. Saved atomically.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -476,6 +494,11 @@ def plot_froc(result: FROCResult | Sequence[tuple[str, FROCResult]], path, title
         (line,) = ax.plot(fp, tp, drawstyle="steps-post", label=label)
         rates = sorted((float(k), v) for k, v in res.froc.items())
         ax.plot([r for r, _ in rates], [v for _, v in rates], "o", color=line.get_color(), ms=5, clip_on=False)
+        bars = (intervals or {}).get(name, {})
+        if bars:
+            at = [(float(k), res.froc[k], *bars[k]) for k in bars]
+            ax.errorbar([a[0] for a in at], [a[1] for a in at], fmt="none", ecolor=line.get_color(), capsize=3,
+                        yerr=[[max(0.0, v - lo) for _, v, lo, _ in at], [max(0.0, hi - v) for _, v, _, hi in at]])
     ax.set_xscale("log")
     ax.set_xlim(xmin, xmax)
     ticks = sorted({xmin, xmax, *(r for r in (0.05, 0.1, 0.25, 0.5, 1, 2, 4) if xmin <= r <= xmax)})

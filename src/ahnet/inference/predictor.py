@@ -16,7 +16,7 @@ import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -128,11 +128,15 @@ class Predictor:
         window: window size ``(X, Y, Z)``; default the training patch (3D) or ``(X, Y)`` of it (2D).
         largest_component: segmentation labels keep only the largest connected foreground component
             (:func:`keep_largest_component`; ``ahnet train``'s plans say when, see :mod:`ahnet.planning`).
+        prepare: turns each loaded network (in evaluation mode, on ``device``) into the module that runs
+            the windows; default the eval-only fast path. ``ahnet bench --predict`` passes MONAI's port
+            of the same weights here, so that only the network implementation differs.
     """
 
     def __init__(self, checkpoint: str | Path | Sequence[str | Path], device: str = "auto", overlap: float = 0.5,
                  batch_size: int = 4, mirror: bool = False, window: Sequence[int] | None = None, amp: bool = True,
-                 largest_component: bool = False):
+                 largest_component: bool = False,
+                 prepare: Callable[[nn.Module], nn.Module] = optimize_for_inference):
         if not 0 <= overlap < 1:
             raise ConfigError(f"overlap must be within [0, 1), got {overlap}")
         if batch_size < 1:
@@ -158,8 +162,8 @@ class Predictor:
             else:
                 self.meta, self.preprocessing = meta, preprocessing
             load_model_state(model, saved["model"], path)
-            # The eval-only fast path (same outputs within float rounding; ahnet.models.fast, Table 3).
-            self.members.append((optimize_for_inference(model.to(self.device).eval()), size, meta))
+            # By default the eval-only fast path (same outputs within float rounding; ahnet.models.fast, Table 3).
+            self.members.append((prepare(model.to(self.device).eval()), size, meta))
         self.window = self.members[0][1]
         self.overlap, self.batch_size, self.mirror = overlap, batch_size, mirror
         self.amp = amp and self.device.type == "cuda"

@@ -10,6 +10,16 @@ from ..models.factory import MODEL_DIMS
 
 #: total down-sampling of each network's deepest level (per axis; AH-Net's z too: 2 x 2 x 2^3)
 DOWNSAMPLING = {"mc-gcn": 32, "2d-unet": 16, "ahnet": 32, "3d-unet": 16}
+LR_SCHEDULES = ("constant", "poly")
+#: the exponent of nnU-Net's polynomial decay
+POLY_EXPONENT = 0.9
+
+
+def scheduled_lr(lr: float, schedule: str, step: int, steps: int) -> float:
+    """The learning rate of step ``step`` (0-based) of a stage of ``steps`` steps."""
+    if schedule == "constant" or steps <= 0:
+        return lr
+    return lr * max(0.0, 1.0 - step / steps) ** POLY_EXPONENT
 
 
 @dataclass
@@ -31,6 +41,10 @@ class TrainConfig:
     stage1_epochs: int = 0
     iters_per_epoch: int = 100
     lr: float = 1e-3
+    #: ``constant`` (§4 names no decay) or ``poly``: within each stage the rate falls as
+    #: ``lr * (1 - step / steps) ** 0.9`` (nnU-Net's schedule), so the last epochs average out the
+    #: noise of small batches instead of ending wherever the last steps left the weights
+    lr_schedule: str = "constant"
     device: str = "auto"
     seed: int = 0
     workers: int = 2
@@ -92,6 +106,8 @@ class TrainConfig:
             raise ConfigError(f"fold must be within 0..folds-1 and folds >= 1, got fold {self.fold} of {self.folds}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         deepest = [-(-p // DOWNSAMPLING[self.model]) for p in self.patch[: self.spatial_dims]]
         if self.batch_size == 1 and all(d == 1 for d in deepest):
             raise ConfigError(

@@ -42,7 +42,7 @@ from ..memory import keep_freed_memory
 from ..models.factory import build_model, model_meta, model_from_meta
 from ..models.imagenet import IMAGENET
 from .checkpoint import copy_checkpoint, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig
+from .config import TrainConfig, scheduled_lr
 from .stopping import StopSignals
 
 ADAM_BETAS = (0.9, 0.999)  # §4
@@ -517,6 +517,14 @@ class Trainer:
         ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
+    def _lr_at(self, stage: Stage, step_in_epoch: int) -> float:
+        """The configured schedule's rate at this step: a function of the position in the stage
+        alone, so a resumed run continues on the same curve."""
+        per_epoch = self.config.iters_per_epoch
+        first = sum(s.epochs for s in self.stages[: self.stages.index(stage)])
+        step = (self.epoch - first) * per_epoch + step_in_epoch
+        return scheduled_lr(self.config.lr, self.config.lr_schedule, step, stage.epochs * per_epoch)
+
     def _train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
                      stage: Stage, start: int = 0, total: float = 0.0, count: int = 0) -> tuple[float, int, bool]:
         """Steps ``start`` ... of this epoch; returns the loss sum and the steps done in the epoch
@@ -541,6 +549,8 @@ class Trainer:
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"epoch {self.epoch}: the loss became {loss.item()}; lower --lr")
             optimizer.zero_grad(set_to_none=True)
+            for group in optimizer.param_groups:
+                group["lr"] = self._lr_at(stage, count)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
                 self.scaler.step(optimizer)
