@@ -40,6 +40,8 @@ def test_demo_cli_runs_both_tasks_and_prints_where_the_reports_are(tmp_path, cap
         assert Path(result["report"]).is_file() and f"[{task}] report: {result['report']}" in printed
         assert set(result["headline"]) >= {"MC-GCN", "AH-Net"}
     assert "TPR@1FP" in printed and "liver Dice" in printed
+    lesions = summary["tasks"]["det"]["baseline"]["lesions"]
+    assert f"({lesions} held-out lesions in {summary['tasks']['det']['baseline']['volumes']} volumes)" in printed
     for task, dice in (("seg", True), ("det", False)):  # segmentation arms train with Dice + (focal) CE
         config = json.loads((out / task / "ah-net" / "train" / "config.json").read_text())["config"]
         assert config["dice_loss"] is dice and config["focal"] is True

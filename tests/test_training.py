@@ -12,7 +12,8 @@ import torch
 
 from ahnet import CheckpointError, ConfigError
 from ahnet.cli import main
-from ahnet.training import TrainConfig, Trainer, load_checkpoint, save_checkpoint
+from ahnet.training import TrainConfig, Trainer, load_checkpoint, save_checkpoint, transfer_checkpoint
+from ahnet.training.config import scheduled_lr
 from ahnet.training.checkpoint import copy_checkpoint
 from ahnet.training.trainer import split_cases
 from ahnet.data.dataset import load_dataset
@@ -336,3 +337,26 @@ def test_resume_applies_more_epochs_refuses_other_changes_and_config_replays_a_r
     capsys.readouterr()
     assert main(["train3d", "--config", str(run / "metrics.jsonl"), "--out", str(tmp_path / "x")]) == 2
     assert "not a readable JSON configuration" in capsys.readouterr().err
+
+
+def test_scheduled_lr_poly_falls_to_zero_and_constant_stays():
+    assert scheduled_lr(1e-3, "constant", 7, 10) == 1e-3
+    rates = [scheduled_lr(1e-3, "poly", step, 10) for step in range(10)]
+    assert rates[0] == 1e-3 and all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 1.5e-4
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        TrainConfig(data="d", out="o", lr_schedule="cosine")
+
+
+def test_poly_schedule_decays_within_each_stage(seg_data, tmp_path):
+    """The rate restarts at --lr when stage 2 (all parameters) begins, and falls within each stage."""
+    source = Trainer(tiny(seg_data, tmp_path / "2d", model="mc-gcn", patch=(32, 32, 3), epochs=1), progress=False)
+    source.fit()
+    init = transfer_checkpoint(tmp_path / "2d" / "checkpoint_latest.pt", tmp_path / "init.pt")
+    result = Trainer(tiny(seg_data, tmp_path / "3d", init=str(init), stage1_epochs=2, epochs=2, lr=1e-3,
+                          lr_schedule="poly"), progress=False).fit()
+    lrs = [h["lr"] for h in result["history"]]
+    # 3 steps an epoch: the last steps of epochs 1-2 of each stage are steps 2 and 5 of 6
+    expected = [1e-3 * (1 - 2 / 6) ** 0.9, 1e-3 * (1 - 5 / 6) ** 0.9] * 2
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    constant = Trainer(tiny(seg_data, tmp_path / "c", epochs=1), progress=False).fit()
+    assert constant["history"][0]["lr"] == 1e-3

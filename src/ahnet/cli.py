@@ -194,7 +194,7 @@ def _demo(args: argparse.Namespace) -> int:
                        workers=args.workers)
     print(f"\nahnet demo finished in {summary['seconds'] / 60:.1f} min")
     for name, result in summary["tasks"].items():
-        print(f"\n[{name}] report: {result['report']}")
+        print(f"\n[{name}] report: {result['report']} ({result['held_out']})")
         for label, values in result["headline"].items():
             print(f"  {label:<24} " + ", ".join(f"{k}: {v:.3f}" for k, v in values.items()))
     print(f"\nsummary: {Path(args.out) / 'summary.json'}")
@@ -309,6 +309,8 @@ def _window(text: str) -> tuple[float, float]:
 
 
 def _add_train_arguments(p: argparse.ArgumentParser, dims: int) -> None:
+    from .training.config import LR_SCHEDULES
+
     models = ("mc-gcn", "2d-unet") if dims == 2 else ("ahnet", "3d-unet")
     p.add_argument("--data", help="data set folder (nnU-Net v2 raw format, + boxesTr.json for detection)")
     p.add_argument("--out", required=True, help="run folder: config.json, checkpoints, metrics, curve")
@@ -324,6 +326,8 @@ def _add_train_arguments(p: argparse.ArgumentParser, dims: int) -> None:
                    help="epochs with all parameters trained" + ("" if dims == 2 else " (stage 2)"))
     p.add_argument("--iters-per-epoch", type=int, default=100, help="training steps per epoch")
     p.add_argument("--lr", type=float, default=5e-4 if dims == 2 else 1e-3, help="Adam learning rate (§4)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="constant (§4; the default) or poly: within each "
+                   "stage the rate falls as lr * (1 - step / steps) ** 0.9, as nnU-Net trains")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seeds the split, the sampling and the weights")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers sampling patches")

@@ -60,6 +60,13 @@ def headline(task: str, metrics: dict) -> dict[str, float]:
     return {f"TPR@{k}FP": float(metrics["froc"].get(k, 0.0)) for k in ("0.25", "1", "4")}
 
 
+def held_out(task: str, metrics: dict) -> str:
+    """What the numbers stand on, in words: a TPR step is one lesion of this many."""
+    if task == "seg":
+        return f"{len(metrics['cases'])} held-out volumes"
+    return f"{metrics['lesions']} held-out lesions in {metrics['volumes']} volumes"
+
+
 def run_task(task: str, out: Path, scale: Scale, device: str = "auto", seed: int = 0, workers: int = 2,
              progress: bool = True) -> dict:
     """Data, MC-GCN, transfer, two-stage AH-Net, prediction, evaluation and report for one task."""
@@ -82,6 +89,7 @@ def run_task(task: str, out: Path, scale: Scale, device: str = "auto", seed: int
     rows = {name: headline(task, r["metrics"]) for name, r in results.items()}
     rows[baseline_name] = headline(task, baseline)
     return {"task": task, "report": str(report), "headline": rows, "baseline": baseline,
+            "held_out": held_out(task, baseline),
             "arms": {name: {k: r[k] for k in ("metrics", "train_s", "predict_s", "parameters")}
                      for name, r in results.items()}}
 

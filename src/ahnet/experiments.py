@@ -83,11 +83,13 @@ class Scale:
     lr2d: float = 5e-4
     lr3d: float = 1e-3
     seeds: int = 3
+    #: :attr:`ahnet.training.TrainConfig.lr_schedule` of every arm
+    lr_schedule: str = "poly"
 
 
 SCALES: dict[str, Scale] = {
     "tiny": Scale(2, 1, (40, 40, 12), (40, 40, 12), (32, 32), (32, 32, 8), "resnet18", 1, 1, 1, 2, 2, 2, seeds=1),
-    "cpu": Scale(12, 6, (96, 96, 24), (96, 96, 32), (96, 96), (96, 96, 16), "resnet18", 5, 2, 4, 18, 8, 2),
+    "cpu": Scale(12, 24, (96, 96, 24), (96, 96, 32), (96, 96), (96, 96, 16), "resnet18", 5, 2, 8, 18, 8, 2),
     "gpu": Scale(64, 16, (256, 256, 48), (256, 256, 48), (256, 256), (192, 192, 32), "resnet50", 40, 5, 40, 200,
                  16, 4),
 }
@@ -222,7 +224,7 @@ def run_arms(task: str, arms: tuple[Arm, ...], scale: Scale, data: Path, test: P
     # Segmentation arms add a soft Dice term to the (focal) cross-entropy, as ``ahnet train``'s plans do:
     # with cross-entropy alone the small lesion class was never predicted (lesion Dice 0 in the demo).
     common = dict(data=str(data), backbone=scale.backbone, iters_per_epoch=scale.iters, device=device, seed=seed,
-                  workers=workers, val_patches=4, dice_loss=task == "seg")
+                  workers=workers, val_patches=4, dice_loss=task == "seg", lr_schedule=scale.lr_schedule)
     results: dict[str, dict] = {}
     settings = {"scale": asdict(scale), "seed": seed, "data_seed": seed if data_seed is None else data_seed,
                 "dice_loss": task == "seg"}

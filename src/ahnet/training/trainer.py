@@ -430,7 +430,8 @@ class Trainer:
             phase = self.loss.phase
             switched = self.loss.end_epoch(self.epoch, train_loss)
             record = {"epoch": self.epoch, "stage": stage.name, "loss_phase": phase,
-                      "train_loss": train_loss, "switched_to_focal": switched, "time_s": 0.0}
+                      "train_loss": train_loss, "switched_to_focal": switched, "time_s": 0.0,
+                      "lr": optimizer.param_groups[0]["lr"]}  # that of the epoch's last step
             if d.main:
                 metric = self._validate(val_batches)
                 record.update(metric)
