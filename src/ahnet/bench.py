@@ -531,8 +531,9 @@ def run_predict_bench(checkpoint: str, image: str, gt: str | None = None, device
         return net
 
     theirs = Predictor(models, prepare=monai_port, **options)  # first: an unmappable network fails at once
-    if theirs.task != "seg":
-        raise ConfigError("bench --predict compares segmentation labels; this checkpoint detects (heatmaps)")
+    if not theirs.task.label_maps:
+        raise ConfigError(f"bench --predict compares segmentation labels; this checkpoint is a {theirs.task.title} "
+                          "model (no label maps)")
     for (_, size, _), multiple in zip(theirs.members, multiples):
         check_size(size, multiple, "window (--window or the training patch)")
     case = Path(image).name.split(".nii")[0]

@@ -102,6 +102,7 @@ def _transfer(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from .inference import predict
+    from .tasks import task_for
 
     radius = args.nms_radius_mm[0] if len(args.nms_radius_mm) == 1 else tuple(args.nms_radius_mm)
     if not args.checkpoint:
@@ -116,7 +117,7 @@ def _predict(args: argparse.Namespace) -> int:
                      nms_radius_mm=radius, threshold=args.threshold, top_k=args.top_k, overwrite=args.overwrite,
                      max_memory=None if args.max_memory is None else args.max_memory * 2**30,
                      largest_component=largest)
-    extra = f", {result['detections']} detection(s) in detections.csv" if result["task"] == "det" else ""
+    extra = task_for(result["task"]).predict_note(result)
     skipped = (f" ({result['skipped']} already predicted, kept; --overwrite redoes them)"
                if result.get("skipped") else "")
     print(f"predicted {result['cases']} case(s) into {result['out']}{skipped}{extra}")
@@ -137,42 +138,47 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    if args.kind == "seg":
-        from .evaluation.segmentation import evaluate_segmentation, resolve_classes
+def _evaluate_seg(args: argparse.Namespace) -> int:
+    from .evaluation.segmentation import evaluate_segmentation, resolve_classes
 
-        classes, source = resolve_classes(args.classes, args.dataset, args.gt)
-        print(f"classes from {source}: " + ", ".join(f"{k} = {list(v)}" for k, v in classes.items()), file=sys.stderr)
-        result = evaluate_segmentation(args.pred, args.gt, json_out=args.json, csv_out=args.csv, classes=classes,
-                                       surface_tolerance_mm=None if args.no_surface else args.surface_tolerance_mm)
-        print(json.dumps({"dice_global": result.dice_global, "dice_per_case": result.dice_per_case}, indent=2))
-    else:
-        from .evaluation.detection import evaluate_detection
-
-        result = evaluate_detection(args.pred, args.boxes, json_out=args.json, png_out=args.png)
-        print(json.dumps({"froc": result["froc"], "lesions": result["lesions"], "volumes": result["volumes"]},
-                         indent=2))
+    classes, source = resolve_classes(args.classes, args.dataset, args.gt)
+    print(f"classes from {source}: " + ", ".join(f"{k} = {list(v)}" for k, v in classes.items()), file=sys.stderr)
+    result = evaluate_segmentation(args.pred, args.gt, json_out=args.json, csv_out=args.csv, classes=classes,
+                                   surface_tolerance_mm=None if args.no_surface else args.surface_tolerance_mm)
+    print(json.dumps({"dice_global": result.dice_global, "dice_per_case": result.dice_per_case}, indent=2))
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
-    from .report import detection_report, segmentation_report
+def _evaluate_det(args: argparse.Namespace) -> int:
+    from .evaluation.detection import evaluate_detection
 
-    if args.kind == "seg":
-        from .evaluation.segmentation import resolve_classes
+    result = evaluate_detection(args.pred, args.boxes, json_out=args.json, png_out=args.png)
+    print(json.dumps({"froc": result["froc"], "lesions": result["lesions"], "volumes": result["volumes"]}, indent=2))
+    return 0
 
-        classes, _ = resolve_classes(args.classes, args.dataset, args.gt)
-        out = segmentation_report(args.images, args.pred, args.gt, args.out, classes=classes, max_cases=args.max_cases)
-    else:
-        out = detection_report(args.pred, args.boxes, args.out, max_cases=args.max_cases)
+
+def _report_seg(args: argparse.Namespace) -> int:
+    from .evaluation.segmentation import resolve_classes
+    from .report import segmentation_report
+
+    classes, _ = resolve_classes(args.classes, args.dataset, args.gt)
+    out = segmentation_report(args.images, args.pred, args.gt, args.out, classes=classes, max_cases=args.max_cases)
+    print(f"report written to {out}")
+    return 0
+
+
+def _report_det(args: argparse.Namespace) -> int:
+    from .report import detection_report
+
+    out = detection_report(args.pred, args.boxes, args.out, max_cases=args.max_cases)
     print(f"report written to {out}")
     return 0
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from . import synth
+    from .tasks import task_for
 
-    make = synth.make_seg_dataset if args.kind == "seg" else synth.make_det_dataset
+    make = task_for(args.kind).make_phantoms
     kwargs = {"shape": args.shape} if args.shape else {}
     for item in args.set or []:
         key, sep, value = item.partition("=")
@@ -424,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "MONAI's AHNet computes ours on X, Y multiples of 128 (four pyramid pools) and Z of 32")
     bench.set_defaults(run=_bench)
 
-    demo = commands.add_parser("demo", help="the whole method on built-in synthetic data (about 7 min on a 2-core CPU)")
+    demo = commands.add_parser("demo", help="the whole method on built-in synthetic data (about 8 min on a 2-core CPU)")
     demo.add_argument("--out", default="ahnet-demo", help="output folder (default ./ahnet-demo)")
     demo.add_argument("--task", choices=("seg", "det", "both"), default="both",
                       help="CT-like segmentation, DBT-like detection, or both")
@@ -595,7 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--boxes", required=True, help="boxes JSON (boxesTr.json format)")
     det.add_argument("--json", help="write the result here")
     det.add_argument("--png", help="write the FROC curve here")
-    evaluate.set_defaults(run=_evaluate)
+    seg.set_defaults(run=_evaluate_seg)
+    det.set_defaults(run=_evaluate_det)
 
     report = commands.add_parser("report", help="one self-contained HTML page: metrics and pictures")
     report_kinds = report.add_subparsers(dest="kind", required=True, metavar="seg|det")
@@ -613,7 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (seg_report, det_report):
         sub.add_argument("--out", required=True, help="the HTML file to write")
         sub.add_argument("--max-cases", type=int, default=12, help="cases with pictures")
-    report.set_defaults(run=_report)
+    seg_report.set_defaults(run=_report_seg)
+    det_report.set_defaults(run=_report_det)
     _set_formatter(parser)
     return parser
 

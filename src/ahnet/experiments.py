@@ -39,6 +39,7 @@ from .errors import ConfigError, DataError
 from .evaluation.bootstrap import (LEVEL, RESAMPLES, Bootstrap, Estimate, Interval, Metric, dice_global, froc_tpr,
                                    mean_per_case, verdict)
 from .fileio import atomic_write_text
+from .tasks import dataset_task, task_for
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,10 @@ class Scale:
     lr2d: float = 5e-4
     lr3d: float = 1e-3
     seeds: int = 3
-    #: :attr:`ahnet.training.TrainConfig.lr_schedule` of every arm
-    lr_schedule: str = "poly"
+    #: :attr:`ahnet.training.TrainConfig.lr_schedule` of every arm. ``constant``: with the poly decay the
+    #: shortest runs learned less (tests/test_demo.py's 30-step scale: MC-GCN liver Dice 0.28 instead of
+    #: above 0.48), and at the ``cpu`` scale it gained nothing measurable (experiments/RESULTS.md)
+    lr_schedule: str = "constant"
 
 
 SCALES: dict[str, Scale] = {
@@ -146,10 +149,6 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 
-def _task_of(data: Path) -> str:
-    return "det" if (data / "boxesTr.json").is_file() else "seg"
-
-
 def _write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
@@ -167,10 +166,8 @@ def _machine(device: str) -> str:
 
 def synthetic_data(task: str, out: Path, scale: Scale, seed: int, progress: bool) -> tuple[Path, Path]:
     """Training and held-out phantom sets in ``out/data`` and ``out/test`` (reused when present)."""
-    from . import synth
-
-    make = synth.make_seg_dataset if task == "seg" else synth.make_det_dataset
-    shape = scale.seg_shape if task == "seg" else scale.det_shape
+    spec = task_for(task)
+    shape = spec.phantom_shape(scale)
     folders = []
     for name, cases, case_seed in (("data", scale.train_cases, seed), ("test", scale.test_cases, seed + 1000)):
         folder = out / name
@@ -180,28 +177,9 @@ def synthetic_data(task: str, out: Path, scale: Scale, seed: int, progress: bool
             if meta.get("seed") == case_seed and len(meta.get("cases", {})) == cases and meta.get("shape") == list(shape):
                 folders.append(folder)
                 continue
-        folders.append(make(folder, cases=cases, seed=case_seed, shape=shape, progress=progress, overwrite=True))
+        folders.append(spec.make_phantoms(folder, cases=cases, seed=case_seed, shape=shape, progress=progress,
+                                          overwrite=True))
     return folders[0], folders[1]
-
-
-def _seg_classes(data: Path) -> dict[str, tuple[int, ...]]:
-    from .evaluation.segmentation import LITS_CLASSES, classes_from_labels
-
-    labels = json.loads((data / "dataset.json").read_text())["labels"]
-    return dict(LITS_CLASSES) if labels == {"background": 0, "liver": 1, "lesion": 2} else classes_from_labels(labels)
-
-
-def evaluate_predictions(task: str, predictions: Path, test: Path) -> dict:
-    """Dice (seg; LiTS classes where the labels are LiTS's) or FROC (det) of a prediction folder, with the
-    per-case material of the bootstrap: voxel counts per case (seg), findings per volume (det, ``cases``)."""
-    if task == "seg":
-        from .evaluation.segmentation import evaluate_segmentation
-
-        return evaluate_segmentation(predictions, test / "labelsTr", classes=_seg_classes(test), progress=False).to_dict()
-    from .evaluation.detection import case_findings, froc, read_boxes_json, read_detections_csv
-
-    detections, boxes = read_detections_csv(predictions / "detections.csv"), read_boxes_json(test / "boxesTr.json")
-    return froc(detections, boxes).to_dict() | {"cases": case_findings(detections, boxes)}
 
 
 def run_arms(task: str, arms: tuple[Arm, ...], scale: Scale, data: Path, test: Path, out: Path, *,
@@ -221,13 +199,13 @@ def run_arms(task: str, arms: tuple[Arm, ...], scale: Scale, data: Path, test: P
     if any(a.transfer for a in arms) and (source is None or arms.index(source) > min(
             i for i, a in enumerate(arms) if a.transfer)):
         raise ConfigError("an arm with transfer needs an MC-GCN arm before it (its encoder is transferred)")
-    # Segmentation arms add a soft Dice term to the (focal) cross-entropy, as ``ahnet train``'s plans do:
-    # with cross-entropy alone the small lesion class was never predicted (lesion Dice 0 in the demo).
+    # The task's loss terms, as ``ahnet train``'s plans use them (segmentation: Dice + CE).
+    spec = task_for(task)
     common = dict(data=str(data), backbone=scale.backbone, iters_per_epoch=scale.iters, device=device, seed=seed,
-                  workers=workers, val_patches=4, dice_loss=task == "seg", lr_schedule=scale.lr_schedule)
+                  workers=workers, val_patches=4, dice_loss=spec.dice_loss, lr_schedule=scale.lr_schedule)
     results: dict[str, dict] = {}
     settings = {"scale": asdict(scale), "seed": seed, "data_seed": seed if data_seed is None else data_seed,
-                "dice_loss": task == "seg"}
+                "dice_loss": spec.dice_loss}
     for arm in arms:
         folder = out / _slug(arm.name)
         done = folder / "result.json"
@@ -265,7 +243,7 @@ def run_arms(task: str, arms: tuple[Arm, ...], scale: Scale, data: Path, test: P
         meta = load_checkpoint(folder / "train" / "checkpoint_best.pt", kind="train")["model_meta"]
         params = sum(p.numel() for p in model_from_meta(meta).parameters())
         result = {"arm": asdict(arm) | {"options": dict(arm.options)}, "task": task,
-                  "metrics": evaluate_predictions(task, folder / "predictions", test),
+                  "metrics": spec.evaluate(folder / "predictions", test),
                   "best_validation": trained["best_metric"], "train_s": round(train_s, 1),
                   "predict_s": round(predict_s, 1), "parameters": params, "settings": settings}
         _write_json(done, result)
@@ -274,7 +252,7 @@ def run_arms(task: str, arms: tuple[Arm, ...], scale: Scale, data: Path, test: P
 
 
 @dataclass(frozen=True)
-class _Column:
+class Column:
     """One metric of the table: its name in words, and how to recompute it on resampled cases."""
 
     label: str
@@ -282,15 +260,17 @@ class _Column:
     material: Callable[[Mapping[str, Any], list[str]], Any]  # (an arm's metrics, case order) -> per-case material
 
 
-def _columns(task: str, metrics: Mapping[str, Any]) -> dict[str, _Column]:
-    """TPR at Table 4's FP rates (det); Dice global and per case of each class (seg, Table 5)."""
-    if task == "det":
-        return {k: _Column(f"TPR at {k} FP per volume", partial(froc_tpr, rate=float(k)), _findings)
-                for k in FROC_COLUMNS}
+def froc_columns() -> dict[str, Column]:
+    """TPR at Table 4's FP rates (detection)."""
+    return {k: Column(f"TPR at {k} FP per volume", partial(froc_tpr, rate=float(k)), _findings) for k in FROC_COLUMNS}
+
+
+def dice_columns(metrics: Mapping[str, Any]) -> dict[str, Column]:
+    """Dice global and per case of each class (segmentation, Table 5)."""
     columns = {}
     for cls in metrics["dice_global"]:
-        columns[f"{cls} DG"] = _Column(f"{cls} Dice global", dice_global, partial(_counts, cls=cls))
-        columns[f"{cls} DPC"] = _Column(f"{cls} Dice per case", mean_per_case, partial(_case_dice, cls=cls))
+        columns[f"{cls} DG"] = Column(f"{cls} Dice global", dice_global, partial(_counts, cls=cls))
+        columns[f"{cls} DPC"] = Column(f"{cls} Dice per case", mean_per_case, partial(_case_dice, cls=cls))
     return columns
 
 
@@ -376,7 +356,7 @@ def compare(experiment: Experiment, task: str, runs: Sequence[Mapping[str, dict]
     if not runs or not shown:
         raise DataError(f"{experiment.title}: no finished arm to report")
     first = runs[0][shown[0]]["metrics"]
-    columns, cases = _columns(task, first), sorted(first["cases"])
+    columns, cases = task_for(task).columns(first), sorted(first["cases"])
     for k, run in enumerate(runs):
         for name in shown:
             if sorted(run[name]["metrics"]["cases"]) != cases:
@@ -435,27 +415,28 @@ def _mean_curve(curves: Sequence[Sequence[Sequence[float]]]) -> list[list[float]
     return [[float(x), float(y)] for x, y in zip(grid, np.mean(values, axis=0))]
 
 
-def _plot(task: str, comparison: Comparison, experiment: Experiment, runs: Sequence[Mapping[str, dict]],
-          path: Path) -> None:
-    """FROC curves (mean over seeds, interval bars at the table's rates) or Dice bars with interval bars."""
-    metrics = comparison.header[1:-1]
-    title = experiment.title.split(":")[0]
-    if task == "det":
-        from .evaluation.detection import FROCResult, plot_froc
+def plot_froc_rows(comparison: Comparison, runs: Sequence[Mapping[str, dict]], path: Path, title: str) -> None:
+    """FROC curves of the rows (mean over seeds) with interval bars at the table's rates."""
+    from .evaluation.detection import FROCResult, plot_froc
 
-        curves, bars = [], {}
-        for row in comparison.rows:
-            first = runs[0][row[0]]["metrics"]
-            mean = {m: c.mean for m, c in zip(metrics, row[1:-1])}
-            curve = _mean_curve([run[row[0]]["metrics"]["curve"] for run in runs])
-            curves.append((row[0], FROCResult(mean, first["lesions"], first["volumes"], curve)))
-            bars[row[0]] = {m: (c.low, c.high) for m, c in zip(metrics, row[1:-1])}
-        plot_froc(curves, path, title=f"{title}: FROC (mean of {comparison.seeds} seed(s), 95 % intervals)",
-                  intervals=bars)
-        return
+    metrics = comparison.header[1:-1]
+    curves, bars = [], {}
+    for row in comparison.rows:
+        first = runs[0][row[0]]["metrics"]
+        mean = {m: c.mean for m, c in zip(metrics, row[1:-1])}
+        curve = _mean_curve([run[row[0]]["metrics"]["curve"] for run in runs])
+        curves.append((row[0], FROCResult(mean, first["lesions"], first["volumes"], curve)))
+        bars[row[0]] = {m: (c.low, c.high) for m, c in zip(metrics, row[1:-1])}
+    plot_froc(curves, path, title=f"{title}: FROC (mean of {comparison.seeds} seed(s), 95 % intervals)",
+              intervals=bars)
+
+
+def plot_dice_rows(comparison: Comparison, path: Path, title: str) -> None:
+    """Dice bars of the rows with interval bars."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    metrics = comparison.header[1:-1]
     fig = Figure(figsize=(7, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -513,8 +494,8 @@ def run_experiment(name: str, out: str | Path, *, data: str | Path | None = None
         for folder in (data, test):
             if not (folder / "dataset.json").is_file():
                 raise DataError(f"{folder}: not a data set (no dataset.json)")
-        found = _task_of(data)
-        if _task_of(test) != found:
+        found = dataset_task(data).name
+        if dataset_task(test).name != found:
             raise DataError(f"{data} is a {found} data set but {test} is not")
         if experiment.task and found != experiment.task:
             raise ConfigError(f"{name} is a {experiment.task} experiment but {data} is a {found} data set")
@@ -522,9 +503,7 @@ def run_experiment(name: str, out: str | Path, *, data: str | Path | None = None
     else:
         if experiment.task and task and task != experiment.task:
             raise ConfigError(f"{name} is a {experiment.task} experiment, not {task}")
-        task = experiment.task or task or "seg"
-        if task not in ("seg", "det"):
-            raise ConfigError(f"task must be seg or det, got {task!r}")
+        task = task_for(experiment.task or task or "seg").name
         out.mkdir(parents=True, exist_ok=True)
         data, test = synthetic_data(task, out, sizes, seed, progress)
     start = time.time()
@@ -533,8 +512,8 @@ def run_experiment(name: str, out: str | Path, *, data: str | Path | None = None
                                   data_seed=seed, workers=workers, progress=progress)
             for s in range(seed, seed + seeds)}
     comparison = compare(experiment, task, list(runs.values()))
-    plot = out / ("froc.png" if task == "det" else "dice.png")
-    _plot(task, comparison, experiment, list(runs.values()), plot)
+    plot = out / task_for(task).plot_name
+    task_for(task).plot(comparison, list(runs.values()), plot, experiment.title.split(":")[0])
     summary = {"experiment": name, "title": experiment.title, "task": task, "scale": scale, "sizes": asdict(sizes),
                "data": str(data), "test": str(test), "device": device, "machine": _machine(device), "seed": seed,
                "seeds": list(range(seed, seed + seeds)), "seconds": round(time.time() - start, 1),

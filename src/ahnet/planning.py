@@ -40,6 +40,7 @@ from .data.intensity import DEFAULT_CT_WINDOW, Intensity
 from .data.preprocessing import Preprocessing
 from .errors import ConfigError
 from .fileio import atomic_write_text
+from .tasks import task_for
 
 PLAN_VERSION = 1
 SCHEMES = ("ct", "liver-window", "zscore")
@@ -127,6 +128,7 @@ def make_plan(fingerprint: dict, time_budget_s: float | None = None, device: str
     xy = min(_round_down(math.sqrt(limits["patch_voxels_3d"] / z), 32, 32), _round_down(planned_xy, 32, 32))
     xy2d = min(limits["patch_2d"], _round_down(planned_xy, 32, 32))
     n = len(cases)
+    task = task_for(fingerprint["task"])
     plan: dict[str, Any] = {
         "version": PLAN_VERSION, "dataset": fingerprint.get("dataset"), "task": fingerprint["task"],
         "device": kind, "time_budget_s": time_budget_s,
@@ -141,8 +143,8 @@ def make_plan(fingerprint: dict, time_budget_s: float | None = None, device: str
         "positive_ratio": 0.7,
         # contrast, shift and noise per patch: a few training scans do not cover other phases and scanners
         "intensity_augmentation": True,
-        "dice_loss": fingerprint["task"] == "seg",
-        "postprocessing": {"largest_component": fingerprint["task"] == "seg" and all(
+        "dice_loss": task.dice_loss,
+        "postprocessing": {"largest_component": task.label_maps and all(
             (c.get("foreground_largest_share") or 0.0) >= LARGEST_COMPONENT_SHARE for c in cases)},
     }
     if time_budget_s is not None:
@@ -217,7 +219,7 @@ def measure_step_s(model_name: str, channels: int, out_channels: int, backbone: 
 
 def measure_plan_steps(plan: dict, fingerprint: dict, device: str = "cpu") -> dict[str, float]:
     channels = len(fingerprint["channel_names"])
-    out = len(fingerprint["labels"]) if plan["task"] == "seg" else 1
+    out = task_for(plan["task"]).out_channels(fingerprint["labels"])
     m, a = plan["mcgcn"], plan["ahnet"]
     return {"mcgcn": measure_step_s("mc-gcn", channels, out, m["backbone"], m["patch"], m["batch_size"], device),
             "ahnet": measure_step_s("ahnet", channels, out, a["backbone"], a["patch"], a["batch_size"], device)}

@@ -29,6 +29,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import DataError
+from ..tasks import dataset_task, task_for
 from .volume import _check_box, load_volume
 
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -57,7 +58,7 @@ class DatasetInfo:
     file_ending: str
     num_training: int
     cases: list[CaseFiles]
-    task: str  # "det" if boxesTr.json exists else "seg"
+    task: str  # the name of its task (ahnet.tasks.dataset_task): detection where boxesTr.json exists
 
     @property
     def modality(self) -> str:
@@ -130,7 +131,7 @@ def load_dataset(root) -> DatasetInfo:
         raise DataError(f"{images_dir}: no image files ending in {file_ending!r}")
 
     boxes_path = root_in / "boxesTr.json"
-    task = "det" if boxes_path.exists() or boxes_path.is_symlink() else "seg"
+    task = dataset_task(root_in)
 
     labels_dir = root_in / "labelsTr"
     label_files: dict[str, Path] = {}
@@ -139,8 +140,8 @@ def load_dataset(root) -> DatasetInfo:
             raise DataError(f"{labels_dir}: labelsTr is not a folder")
         _inside(labels_dir, root_res)
         label_files = _scan_labels(labels_dir, file_ending, root_res)
-    elif task == "seg":
-        raise DataError(f"{labels_dir}: labelsTr folder not found (a segmentation data set needs labels)")
+    elif task.needs_labels:
+        raise DataError(f"{labels_dir}: labelsTr folder not found (a {task.title} data set needs labels)")
 
     for case, path in label_files.items():
         if case not in images:
@@ -149,12 +150,12 @@ def load_dataset(root) -> DatasetInfo:
                 hint = f" (label files carry no channel suffix: {{case}}{file_ending})"
             raise DataError(f"{path}: label of case {case!r} has no image "
                             f"{case}_0000{file_ending} in imagesTr{hint}")
-    if task == "seg":
+    if task.needs_labels:
         for case in images:
             if case not in label_files:
                 raise DataError(f"case {case!r}: no label {labels_dir / (case + file_ending)}")
 
-    boxes = _read_boxes(boxes_path, root_res, set(images)) if task == "det" else None
+    boxes = _read_boxes(boxes_path, root_res, set(images)) if task.needs_boxes else None
 
     if num_training != len(images):
         raise DataError(f"{meta_path}: numTraining is {num_training} but imagesTr holds "
@@ -166,7 +167,7 @@ def load_dataset(root) -> DatasetInfo:
         for case in sorted(images)
     ]
     return DatasetInfo(root=root_res, channel_names=channel_names, labels=labels,
-                       file_ending=file_ending, num_training=num_training, cases=cases, task=task)
+                       file_ending=file_ending, num_training=num_training, cases=cases, task=task.name)
 
 
 def _no_duplicate_keys(path: Path):
@@ -440,7 +441,7 @@ def verify_dataset(root, progress: bool = True) -> VerifyReport:
         summary["intensity_range"] = [float(intensity[0]), float(intensity[1])]
     if label_counts:
         summary["label_voxels"] = dict(label_counts)
-    if info.task == "det":
+    if task_for(info.task).needs_boxes:
         summary["boxes"] = n_boxes
         summary["negative_cases"] = negatives
     return VerifyReport(root=info.root, cases=len(info.cases), problems=problems, summary=summary)

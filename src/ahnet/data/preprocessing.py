@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
+from ..tasks import task_for
 from .dataset import CaseFiles, DatasetInfo
-from .heatmap import gaussian_heatmap
 from .intensity import Intensity
 from .volume import Volume, boxes_to_network, load_volume
 
@@ -55,7 +55,7 @@ class Preprocessing:
     ``inplane_spacing`` resamples X and Y to that spacing (mm), ``z_spacing`` Z; None keeps an axis.
     """
 
-    task: str                                   # "seg" or "det"
+    task: str                                   # the name of its task (ahnet.tasks)
     intensity: Intensity | tuple[Intensity, ...]
     inplane_spacing: float | None = None
     sigma_scale: float = 0.25                   # heatmap Gaussian width per box extent (Eq. 5)
@@ -119,44 +119,53 @@ def resample_inplane(array: np.ndarray, spacing: Sequence[float], target: float,
 
 def load_case(case: CaseFiles, info: DatasetInfo | None, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray | None,
                                                                                         list[tuple[int, ...]], tuple]:
-    """Image, label (segmentation; None for detection), boxes (network axes) and spacing after ``prep``."""
+    """Image, label map, boxes (network axes) and spacing after ``prep``; the task says which annotation
+    a case has (segmentation: a label map and no boxes; detection: boxes and no label map)."""
     channels = [load_volume(p) for p in case.images]
     ref = channels[0]
     image = prep.image(channels)
-    spacing = tuple(ref.spacing)
-    target_spacing = prep.target_spacing(spacing)
-    label = None
-    boxes: list[tuple[int, ...]] = []
-    if prep.task == "seg":
-        if case.label is None:
-            raise DataError(f"case {case.name}: a segmentation case needs a label file")
-        label = load_volume(case.label, is_label=True).array
-        if label.shape != ref.array.shape:
-            raise DataError(f"case {case.name}: label shape {label.shape} differs from image {ref.array.shape}")
-        known = sorted(info.labels.values()) if info is not None else None
-        if known and label.size and (label.min() < 0 or label.max() >= len(known)):
-            unknown = [int(v) for v in np.unique(label) if not 0 <= v < len(known)]
-            raise DataError(f"case {case.name}: {case.label}: label values {unknown[:10]} are not in "
-                            f"dataset.json's labels {known}")
-        label = resample(label[None], spacing, target_spacing, label=True)[0]
-    else:
-        scale = [spacing[i] / target_spacing[i] for i in range(3)]
-        boxes = [_scale_box(b, scale, image.shape[1:]) for b in boxes_to_network(case.boxes or [], ref.axes)]
+    target_spacing = prep.target_spacing(ref.spacing)
+    label, boxes = task_for(prep.task).annotation(case, info, ref, image.shape[1:], target_spacing)
     return image, label, boxes, target_spacing
 
 
+def load_label(case: CaseFiles, info: DatasetInfo | None, ref: Volume, target_spacing: Sequence[float]) -> np.ndarray:
+    """A case's label map on its image's grid at ``target_spacing``, its values checked against dataset.json's."""
+    if case.label is None:
+        raise DataError(f"case {case.name}: a segmentation case needs a label file")
+    label = load_volume(case.label, is_label=True).array
+    if label.shape != ref.array.shape:
+        raise DataError(f"case {case.name}: label shape {label.shape} differs from image {ref.array.shape}")
+    known = sorted(info.labels.values()) if info is not None else None
+    if known and label.size and (label.min() < 0 or label.max() >= len(known)):
+        unknown = [int(v) for v in np.unique(label) if not 0 <= v < len(known)]
+        raise DataError(f"case {case.name}: {case.label}: label values {unknown[:10]} are not in "
+                        f"dataset.json's labels {known}")
+    return resample(label[None], ref.spacing, target_spacing, label=True)[0]
+
+
+def network_boxes(case: CaseFiles, ref: Volume, shape: Sequence[int],
+                  target_spacing: Sequence[float]) -> list[tuple[int, ...]]:
+    """A case's boxes in network axes on the resampled grid of ``shape``."""
+    scale = [ref.spacing[i] / target_spacing[i] for i in range(3)]
+    return [_scale_box(b, scale, shape) for b in boxes_to_network(case.boxes or [], ref.axes)]
+
+
 def prepare_case(case: CaseFiles, info: DatasetInfo | None, prep: Preprocessing, seed: int = 0) -> PreparedCase:
-    """Load, reorient (thick axis last), normalise and resample one training case."""
+    """Load, reorient (thick axis last), normalise and resample one training case; its target and
+    foreground are the task's."""
     image, label, boxes, spacing = load_case(case, info, prep)
     rng = np.random.default_rng([seed, 7919])
-    if prep.task == "seg":
-        target = label
-        foreground = [_sample_rows(np.argwhere(target == cls), MAX_FOREGROUND_SAMPLES, rng)
-                      for cls in np.unique(target) if cls != 0]
-    else:
-        target = gaussian_heatmap(image.shape[1:], boxes, sigma_scale=prep.sigma_scale)
-        foreground = [box_voxels(b, image.shape[1:], rng) for b in boxes]
-    return PreparedCase(case.name, image.astype(np.float32), target, foreground, boxes, spacing)
+    task = task_for(prep.task)
+    target = task.target(image.shape[1:], label, boxes, prep)
+    return PreparedCase(case.name, image.astype(np.float32), target, task.foreground(target, boxes, rng), boxes,
+                        spacing)
+
+
+def class_foreground(label: np.ndarray, rng: np.random.Generator,
+                     max_voxels: int = MAX_FOREGROUND_SAMPLES) -> list[np.ndarray]:
+    """Per foreground class present: up to ``max_voxels`` of its voxel indices, sampled."""
+    return [_sample_rows(np.argwhere(label == cls), max_voxels, rng) for cls in np.unique(label) if cls != 0]
 
 
 def class_components(label: np.ndarray, rng: np.random.Generator,

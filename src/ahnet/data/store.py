@@ -32,9 +32,9 @@ import numpy as np
 
 from ..errors import DataError
 from ..fileio import atomic_write, atomic_write_text, ensure_output_dir
+from ..tasks import task_for
 from .dataset import CaseFiles, DatasetInfo, load_dataset
-from .heatmap import gaussian_heatmap
-from .preprocessing import PreparedCase, Preprocessing, box_voxels, class_components, load_case
+from .preprocessing import PreparedCase, Preprocessing, load_case
 from .volume import load_volume
 
 STORE_VERSION = 1
@@ -114,25 +114,15 @@ class PreprocessedStore:
         self.record_path(case.name).unlink(missing_ok=True)
         image, label, boxes, spacing = load_case(case, info, prep)
         rng = np.random.default_rng([seed, 7919])
-        arrays: dict[str, np.ndarray] = {}
-        if prep.task == "seg":
-            target = label.astype(np.uint8 if label.max(initial=0) < 256 else np.int16)
-            voxels, offsets, classes = class_components(target, rng)
-            for k, (v, o) in enumerate(zip(voxels, offsets)):
-                arrays[f"voxels_{k}"], arrays[f"offsets_{k}"] = v, o
-            arrays["classes"] = np.asarray(classes, dtype=np.int64)
-        else:
-            target = gaussian_heatmap(image.shape[1:], boxes, sigma_scale=prep.sigma_scale)
-            for k, box in enumerate(boxes):
-                arrays[f"voxels_{k}"] = box_voxels(box, image.shape[1:], rng).astype(np.int32)
-            arrays["classes"] = np.zeros(len(boxes), dtype=np.int64)
+        task = task_for(prep.task)
+        target, arrays, class_voxels = task.store(task.target(image.shape[1:], label, boxes, prep), boxes, rng)
         base = self.cases_dir / case.name
         atomic_write(Path(f"{base}_image.npy"), lambda tmp: _save_npy(tmp, image.astype(np.float32)), suffix=".npy")
         atomic_write(Path(f"{base}_target.npy"), lambda tmp: _save_npy(tmp, target), suffix=".npy")
         atomic_write(Path(f"{base}_locations.npz"), lambda tmp: _save_npz(tmp, arrays), suffix=".npz")
         record = {"version": STORE_VERSION, "settings": settings_key(prep), "sources": source_stamp(case),
                   "shape": list(image.shape[1:]), "spacing": list(spacing), "boxes": [list(b) for b in boxes],
-                  "classes": {str(c): int((target == c).sum()) for c in np.unique(target)} if prep.task == "seg" else {}}
+                  "classes": class_voxels}
         atomic_write_text(self.record_path(case.name), json.dumps(record))
         return case.name
 

@@ -30,6 +30,7 @@ from ..errors import CheckpointError, ConfigError, DataError, ResourceError
 from ..fileio import atomic_write
 from ..models.factory import MODEL_DIMS, model_from_meta
 from ..models.fast import optimize_for_inference
+from ..tasks import Task, task_for
 from ..training.checkpoint import load_checkpoint, load_model_state
 from ..training.trainer import _Distributed
 
@@ -61,7 +62,7 @@ class Prediction:
     case: str
     output: np.ndarray        # (K, *file_shape): class probabilities (seg) or heatmap (det, K = 1)
     reference: Volume         # the first input channel, for geometry
-    task: str
+    task: Task
     largest_component: bool = False  # labels keep only the largest connected foreground component
 
     @property
@@ -152,6 +153,7 @@ class Predictor:
             meta = saved["model_meta"]
             try:
                 preprocessing = Preprocessing.from_dict(saved["preprocessing"])
+                task = task_for(preprocessing.task)
                 size = tuple(int(w) for w in (window or saved["config"]["patch"]))
                 model = model_from_meta(meta)
             except (KeyError, TypeError, ValueError) as err:  # a ConfigError is a ValueError too
@@ -160,16 +162,16 @@ class Predictor:
             if self.members:
                 self._check_compatible(path, meta, preprocessing, paths[0])
             else:
-                self.meta, self.preprocessing = meta, preprocessing
+                self.meta, self.preprocessing, self.task = meta, preprocessing, task
             load_model_state(model, saved["model"], path)
             # By default the eval-only fast path (same outputs within float rounding; ahnet.models.fast, Table 3).
             self.members.append((prepare(model.to(self.device).eval()), size, meta))
         self.window = self.members[0][1]
         self.overlap, self.batch_size, self.mirror = overlap, batch_size, mirror
         self.amp = amp and self.device.type == "cuda"
-        self.task = self.preprocessing.task
-        if largest_component and self.task != "seg":
-            raise ConfigError("largest_component applies to segmentation models; this one detects (heatmaps)")
+        if largest_component and not self.task.label_maps:
+            raise ConfigError(f"largest_component applies to segmentation models; this one is a {self.task.title} "
+                              "model (no label maps)")
         self.largest_component = largest_component
 
     def _check_compatible(self, path, meta: dict, preprocessing: Preprocessing, first) -> None:
@@ -201,9 +203,7 @@ class Predictor:
                 with torch.autocast("cuda", torch.bfloat16) if self.amp else nullcontext():
                     out = sliding_window_inference(inp, roi, self.batch_size, network, overlap=self.overlap,
                                                    mode="gaussian", sigma_scale=0.125, progress=False)
-                out = out.float()
-                if self.task == "seg":
-                    out = out.softmax(1)
+                out = self.task.activate(out.float())
                 out = out.flip(dims) if dims else out
                 total = out if total is None else total + out
         return (total / (len(flips) * len(self.members)))[0].cpu().numpy()

@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from ..data.volume import read_header
 from ..errors import ConfigError, DataError
-from ..evaluation.detection import Detection
 from ..fileio import ensure_output_dir, remove_stale_temps
-from .predictor import Predictor, available_memory, find_cases, save_nifti_like
+from ..tasks import OutputOptions
+from .predictor import Predictor, available_memory, find_cases
 
 
 def file_spacing(volume) -> tuple[float, float, float]:
@@ -45,7 +43,7 @@ def predict(checkpoint: str | Path | Sequence[str | Path], inputs: str | Path, o
     """
     from tqdm import tqdm
 
-    from ..evaluation.detection import non_max_suppression, radius_from_mm, write_detections_csv
+    from ..evaluation.detection import radius_from_mm
 
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1, got {top_k}")
@@ -72,54 +70,13 @@ def predict(checkpoint: str | Path | Sequence[str | Path], inputs: str | Path, o
         headers[case] = heads
 
     out = ensure_output_dir(out_dir)
-    names = {case: _output_names(case, predictor.task, save_probabilities) for case in cases}
-    remove_stale_temps(out, [n for ns in names.values() for n in ns] + ["detections.csv"])
-    detections, world, skipped = [], [], 0
+    writer = predictor.task.writer(out, OutputOptions(save_probabilities, nms_radius_mm, threshold, top_k))
+    names = {case: writer.names(case) for case in cases}
+    remove_stale_temps(out, [n for ns in names.values() for n in ns] + list(writer.run_files))
+    skipped = 0
     for case, files in tqdm(cases.items(), desc="predict", unit="case", disable=None if progress else True):
         done = not overwrite and all((out / n).is_file() for n in names[case])
-        if done:
-            skipped += 1
-        if predictor.task == "seg":
-            if not done:
-                result = predictor.predict_case(case, files)
-                save_nifti_like(result.labels, result.reference, out / f"{case}.nii.gz")
-                if save_probabilities:
-                    save_nifti_like(result.output.astype(np.float32), result.reference,
-                                    out / f"{case}_probabilities.nii.gz")
-            continue
-        ref = headers[case][0]
-        if done:
-            heatmap = _read_heatmap(out / names[case][0], ref)
-        else:
-            result = predictor.predict_case(case, files)
-            heatmap = result.output[0].astype(np.float32)
-            save_nifti_like(heatmap, result.reference, out / names[case][0])
-        radius = radius_from_mm(nms_radius_mm, ref.spacing)
-        for x, y, z, score in non_max_suppression(heatmap, radius, threshold, top_k):
-            detections.append(Detection(case, int(x), int(y), int(z), float(score)))
-            world.append(tuple(float(v) for v in (ref.affine @ np.array([x, y, z, 1.0]))[:3]))
-    if predictor.task == "det":
-        write_detections_csv(out / "detections.csv", detections, world)
-    return {"cases": len(cases), "task": predictor.task, "out": str(out), "detections": len(detections),
+        skipped += done
+        writer.add(case, headers[case][0], None if done else predictor.predict_case(case, files))
+    return {"cases": len(cases), "task": predictor.task.name, "out": str(out), "detections": writer.finish(),
             "skipped": skipped}
-
-
-def _output_names(case: str, task: str, save_probabilities: bool) -> list[str]:
-    if task == "det":
-        return [f"{case}_heatmap.nii.gz"]
-    return [f"{case}.nii.gz"] + ([f"{case}_probabilities.nii.gz"] if save_probabilities else [])
-
-
-def _read_heatmap(path: Path, ref) -> np.ndarray:
-    """A heatmap written by an earlier run, in file orientation, checked against its input."""
-    import nibabel as nib
-
-    try:
-        heatmap = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
-    except Exception as err:
-        raise DataError(f"{path}: an earlier output cannot be read ({type(err).__name__}); delete it or "
-                        "use --overwrite") from None
-    if heatmap.shape != ref.file_shape:
-        raise DataError(f"{path}: an earlier output of shape {heatmap.shape} does not fit its input {ref.path} "
-                        f"{ref.file_shape}; delete it or use --overwrite")
-    return heatmap

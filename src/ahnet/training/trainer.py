@@ -3,7 +3,8 @@
 A run is a list of stages (§3.4): with a transferred encoder, stage 1 trains the decoder with the
 encoder locked, stage 2 trains all parameters jointly; otherwise one joint stage. Each stage uses
 Adam with beta (0.9, 0.999), eps 1e-8 (§4). The loss starts as cross-entropy (segmentation) or L2
-(heatmaps) and switches to its focal form when it stops improving (:class:`LossSchedule`).
+(heatmaps) and switches to its focal form when it stops improving (:class:`~ahnet.losses.LossSchedule`);
+the data set's task (:mod:`ahnet.tasks`) gives the loss, the outputs and the validation metric.
 
 Each epoch: ``iters_per_epoch`` batches of patches sampled online in DataLoader workers, a
 validation on fixed held-out patches, a line in ``metrics.jsonl``, ``training_curve.png``, and
@@ -37,10 +38,10 @@ from ..data.sampling import EpochSampler, IntensityAugment, PatchDataset, check_
 from ..data.store import PreprocessedStore, StoredCaseLoader
 from ..errors import AhnetError, CheckpointError, ConfigError
 from ..fileio import atomic_write_text, ensure_output_dir, remove_stale_temps
-from ..losses import LossSchedule
 from ..memory import keep_freed_memory
 from ..models.factory import build_model, model_meta, model_from_meta
 from ..models.imagenet import IMAGENET
+from ..tasks import task_for
 from .checkpoint import copy_checkpoint, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, scheduled_lr
 from .stopping import StopSignals
@@ -219,22 +220,23 @@ class Trainer:
         self.progress = progress
         self.dist = _Distributed(config.device)
         self.info: DatasetInfo = load_dataset(config.data)
+        self.task = task_for(self.info.task)
         # Every file header, before anything is built or written: a broken case fails now, not hours in.
-        task = self.info.task
         if config.preprocessed:
             store = PreprocessedStore(config.preprocessed)
             self.preprocessing = store.preprocessing()
             store.check(self.info.cases, self.preprocessing)
             self._case_loader = StoredCaseLoader(config.preprocessed)
         else:
-            self.preprocessing = Preprocessing(task, Intensity.for_modality(self.info.modality, config.window),
+            self.preprocessing = Preprocessing(self.info.task,
+                                               Intensity.for_modality(self.info.modality, config.window),
                                                config.inplane_spacing, config.sigma_scale)
             self._case_loader = CaseLoader(self.info, self.preprocessing, config.seed)
         check_cases(self.info.cases, config.patch, f"{config.spatial_dims}d", self.preprocessing.inplane_spacing,
                     self.preprocessing.z_spacing)
         self.train_cases, self.val_cases = split_cases(self.info.cases, config.val_fraction, config.seed,
                                                          config.folds, config.fold)
-        out_channels = self.info.num_classes if task == "seg" else 1
+        out_channels = self.task.out_channels(self.info.labels)
         channels = len(self.info.channel_names)
         torch.manual_seed(config.seed)
         if config.init:
@@ -265,10 +267,7 @@ class Trainer:
         self.model.to(self.dist.device)
         self.stages = ([Stage("decoder", config.stage1_epochs, True)] if config.stage1_epochs else []) + (
             [Stage("joint", config.epochs, False)] if config.epochs else [])
-        self.loss = LossSchedule("ce" if task == "seg" else "l2", gamma=config.focal_gamma, d_max=config.focal_d_max,
-                                 patience=config.switch_patience, threshold=config.switch_threshold,
-                                 switch_epoch=config.switch_epoch, focal=config.focal,
-                                 dice=config.dice_loss)
+        self.loss = self.task.loss(config)
         self.amp_dtype, self.scaler = self._amp()
         self.best_metric = -math.inf
         self.epoch = 0  # next epoch to run
@@ -467,7 +466,7 @@ class Trainer:
         if value is None:
             validation = "no validation"
         else:
-            name = "val dice" if self.info.task == "seg" else "val sensitivity"
+            name = self.task.metric_name
             best_epoch = max(h["epoch"] for h in self.history if h.get("val_metric") == best)
             validation = f"{name} {value:.4f} (best {best:.4f}, epoch {best_epoch + 1})"
         if self.progress:
@@ -584,32 +583,7 @@ class Trainer:
         if not batches:
             return {}
         self.model.eval()
-        device = self.dist.device
-        if self.info.task == "seg":
-            # Dice global over the validation patches, of the data set's classes: the definition
-            # `ahnet evaluate seg` reports by default, so the best checkpoint is best by that metric.
-            from ..evaluation.segmentation import class_counts, classes_from_labels, dice_from_counts
-
-            classes = classes_from_labels(self.info.labels)
-            totals = {name: [0, 0, 0] for name in classes}
-            for batch in batches:
-                pred = self.model(batch["image"].to(device)).argmax(1).cpu()
-                for name, counts in class_counts(pred, batch["target"], classes).items():
-                    totals[name] = [a + b for a, b in zip(totals[name], counts)]
-            dice = {name: dice_from_counts(*counts) for name, counts in totals.items()}
-            return {"val_metric": float(np.mean(list(dice.values()))), "val_dice": dice}
-        # Detection: a positive patch is found when the response maximum lies inside a lesion's
-        # Gaussian core (target >= exp(-2), the ellipsoid inscribed in its box at sigma = box / 4).
-        hits = positives = 0
-        for batch in batches:
-            pred = self.model(batch["image"].to(device)).float().cpu().flatten(1)
-            target = batch["target"].flatten(1)
-            for p, t in zip(pred, target):
-                if t.max() >= 0.5:
-                    positives += 1
-                    hits += bool(t[p.argmax()] >= math.exp(-2))
-        sensitivity = hits / positives if positives else 0.0
-        return {"val_metric": sensitivity, "val_sensitivity": sensitivity}
+        return self.task.validate(self.model, batches, self.dist.device, self.info.labels)
 
     # -- files ----------------------------------------------------------------------------------
     def _run_record(self) -> dict[str, Any]:
