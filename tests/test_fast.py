@@ -1,4 +1,5 @@
-"""The fast inference path (issue 6, Table 3) gives the plain modules' outputs within 1e-4."""
+"""The fast inference path (issue 6, Table 3) gives the plain modules' outputs within 1e-4, and is
+derived from the modules themselves (issue 12): a module running other code falls back, never ignored."""
 
 import pytest
 import torch
@@ -6,7 +7,9 @@ from conftest import randomize_batchnorm
 
 import ahnet.models.fast as fast
 from ahnet.models import MCGCN, AHNet, UNet2D, UNet3D
-from ahnet.models.fast import ChannelsLast, EvalOnly, FastAHNet, optimize_for_inference
+from ahnet.models import ahnet as ahnet_module
+from ahnet.models.ahnet import DecoderLevel, FastAHNet
+from ahnet.models.fast import ChannelsLast, EvalOnly, NotCovered, fast_form, optimize_for_inference
 
 
 def assert_same(fast_out: torch.Tensor, plain_out: torch.Tensor, rtol: float = 1e-4) -> None:
@@ -68,29 +71,29 @@ def test_preactivation_folds_into_a_1x1_convolution_for_every_sign_of_gamma():
     bn.running_var.uniform_(0.5, 2)
     x = torch.randn(4, 5, 6, 7, 1) * 2
     expected = conv(torch.relu(bn(x)))[..., 0]
-    quick_conv = fast._Conv(conv)
-    clamp = fast._preactivation(bn, quick_conv)
-    assert isinstance(clamp, fast._Clamp)
+    quick_conv = fast.InPlaneConv(conv)
+    clamp = fast.preactivation(bn, quick_conv)
+    assert isinstance(clamp, fast.ClampReLU)
     slices = x[..., 0].contiguous(memory_format=torch.channels_last)
     assert_same(quick_conv(clamp(slices)), expected, rtol=1e-5)
     # A 3x3 conv as taps: the folded bias is summed only where a tap is inside the map.
     head = torch.nn.Conv3d(5, 1, (3, 3, 1), padding=(1, 1, 0))
-    taps = fast._TapConv(head)
-    clamp = fast._preactivation(bn, taps)
-    assert isinstance(clamp, fast._Clamp)
+    taps = fast.TapConv(head)
+    clamp = fast.preactivation(bn, taps)
+    assert isinstance(clamp, fast.ClampReLU)
     assert_same(taps(clamp(slices)), head(torch.relu(bn(x)))[..., 0], rtol=1e-5)
     # Any other kernel keeps the norm as it is: its zero padding must see relu(bn(x)) = 0.
-    assert isinstance(fast._preactivation(bn, fast._Conv(torch.nn.Conv3d(5, 3, (3, 3, 1), padding=(1, 1, 0)))),
-                      fast._BNReLU)
+    assert isinstance(fast.preactivation(bn, fast.InPlaneConv(torch.nn.Conv3d(5, 3, (3, 3, 1), padding=(1, 1, 0)))),
+                      fast.NormReLU)
 
 
 @pytest.mark.parametrize("volumes, slices, kernel, stride, padding", [
     (1, 32, 3, 2, 1), (2, 7, 3, 2, 1), (1, 5, 2, 2, 1), (2, 9, 3, 1, 1), (1, 1, 3, 2, 1), (1, 6, 5, 3, 2)])
 def test_z_max_pooling_as_maxima_of_slices_equals_the_pooling_kernel(volumes, slices, kernel, stride, padding):
     x = torch.randn(volumes * slices, 3, 4, 5).contiguous(memory_format=torch.channels_last)
-    expected = fast._slices(torch.nn.functional.max_pool2d(fast._zview(x, volumes), (kernel, 1), (stride, 1),
+    expected = fast.batch_from_zview(torch.nn.functional.max_pool2d(fast.batch_zview(x, volumes), (kernel, 1), (stride, 1),
                                                            (padding, 0)), 4, 5)
-    assert torch.equal(fast._zmax_pool(x, volumes, kernel, stride, padding, fast._Arena().take), expected)
+    assert torch.equal(fast.zmax_pool(x, volumes, kernel, stride, padding, fast.Arena().take), expected)
 
 
 @torch.no_grad()
@@ -139,3 +142,47 @@ def test_what_the_fast_path_does_not_cover_keeps_the_modules_forward(overrides):
     assert isinstance(quick, EvalOnly)
     x = torch.randn(1, 1, 33, 30, 9)
     assert_same(quick(x), plain(x))
+
+
+class ShiftedLevel(DecoderLevel):
+    """A decoder level whose forward is changed (as an edit to the model would): +1 on its output."""
+
+    def forward(self, x, skip):
+        return super().forward(x, skip) + 1
+
+
+@torch.no_grad()
+def test_a_module_running_another_forward_reaches_prediction(monkeypatch):
+    # Issue 12: a change to the model's forward must not be silently ignored by the fast path. A
+    # subclass overriding forward, or a patched forward, has no fast form: prediction falls back to the
+    # module's own forward and gives its (changed) outputs.
+    model = randomize_batchnorm(AHNet(2, "resnet18", preset="released")).eval()
+    level = model.decoder[2]
+    level.__class__ = ShiftedLevel
+    with pytest.raises(NotCovered, match="ShiftedLevel.forward"):
+        fast_form(level)
+    plain, quick = pair(model)
+    assert isinstance(quick, EvalOnly)
+    x = torch.randn(1, 1, 32, 32, 8)
+    assert_same(quick(x), plain(x))
+    level.__class__ = DecoderLevel
+    assert isinstance(optimize_for_inference(model), FastAHNet)
+    # The same for a method patched on the class itself (the form was written for the old one).
+    monkeypatch.setattr(ahnet_module.PyramidVolumetricPooling, "forward",
+                        lambda self, h: torch.cat([h[:, :len(self.pools)] * 0, h], dim=1))
+    assert isinstance(optimize_for_inference(model), EvalOnly)
+
+
+@torch.no_grad()
+def test_a_container_run_in_another_order_falls_back():
+    # Fast forms read Sequential containers part by part; one whose forward is not its parts in order
+    # is refused rather than read as if it were.
+    class Reversed(torch.nn.Sequential):
+        def forward(self, x):
+            for module in reversed(self):
+                x = module(x)
+            return x
+
+    model = AHNet(2, "resnet18", preset="paper")
+    model.decoder[0].dense.__class__ = type("ReversedBlock", (Reversed,), {})
+    assert isinstance(optimize_for_inference(model), EvalOnly)

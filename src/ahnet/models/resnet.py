@@ -30,6 +30,8 @@ class BasicBlock(nn.Module):
     """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
 
     expansion = 1
+    #: (conv, norm) pairs that forward applies as ``norm(conv(x))``: folded for inference (``ahnet.models.fast``)
+    conv_norm_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
@@ -51,6 +53,8 @@ class Bottleneck(nn.Module):
     """1x1 - 3x3 - 1x1 bottleneck with the stride on the 3x3 (torchvision's ResNet v1.5)."""
 
     expansion = 4
+    #: (conv, norm) pairs that forward applies as ``norm(conv(x))``: folded for inference (``ahnet.models.fast``)
+    conv_norm_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
@@ -99,6 +103,9 @@ class ResNet(nn.Module):
         in_channels: input channels; 3 for three neighbouring slices (§3.1).
         num_classes: size of the ``fc`` classifier, or ``None`` for an encoder without one.
     """
+
+    #: (conv, norm) pairs that forward applies as ``norm(conv(x))``: folded for inference (``ahnet.models.fast``)
+    conv_norm_pairs = (("conv1", "bn1"),)
 
     def __init__(self, backbone: str = "resnet50", in_channels: int = 3, num_classes: int | None = None):
         super().__init__()
