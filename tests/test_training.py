@@ -360,3 +360,16 @@ def test_poly_schedule_decays_within_each_stage(seg_data, tmp_path):
     assert lrs == pytest.approx(expected, rel=1e-9)
     constant = Trainer(tiny(seg_data, tmp_path / "c", epochs=1), progress=False).fit()
     assert constant["history"][0]["lr"] == 1e-3
+
+
+@pytest.mark.timeout(120)
+def test_constructing_a_trainer_writes_nothing_and_fit_writes_the_run(seg_data, tmp_path):
+    # Issue 16: the constructor reads and builds; the run folder and its files come from fit() alone
+    # (RunFiles), so a trainer can be built to inspect a configuration without leaving anything behind.
+    out = tmp_path / "runs" / "a"
+    trainer = Trainer(tiny(seg_data, out, epochs=1), progress=False)
+    assert not out.parent.exists()
+    trainer.fit()
+    assert {"checkpoint_latest.pt", "checkpoint_best.pt", "config.json", "metrics.jsonl",
+            "training_curve.png"} <= {p.name for p in out.iterdir()}
+    assert trainer.dist.device == torch.device("cpu") and trainer.dist.world == 1

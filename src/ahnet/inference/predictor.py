@@ -26,13 +26,13 @@ import torch.nn.functional as F
 
 from ..data.preprocessing import Preprocessing
 from ..data.volume import Header, Volume, load_volume, to_file_orientation
+from ..distributed import select_device
 from ..errors import CheckpointError, ConfigError, DataError, ResourceError
 from ..fileio import atomic_write
 from ..models.factory import MODEL_DIMS, model_from_meta
 from ..models.fast import optimize_for_inference
 from ..tasks import Task, task_for
 from ..training.checkpoint import load_checkpoint, load_model_state
-from ..training.trainer import _Distributed
 
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _ENDINGS = (".nii.gz", ".nii")
@@ -145,7 +145,7 @@ class Predictor:
         paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
         if not paths:
             raise ConfigError("no checkpoint to predict with")
-        self.device = _Distributed(device).device
+        self.device = select_device(device)
         #: one (network, window, meta) per checkpoint
         self.members: list[tuple[nn.Module, tuple[int, ...], dict]] = []
         for path in paths:

@@ -14,9 +14,7 @@ atomically by rank 0. Under ``torchrun`` the same code trains data-parallel (DDP
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import signal
 import time
 import warnings
@@ -27,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
@@ -36,29 +33,25 @@ from ..data.intensity import Intensity
 from ..data.preprocessing import CaseLoader, Preprocessing
 from ..data.sampling import EpochSampler, IntensityAugment, PatchDataset, check_cases
 from ..data.store import PreprocessedStore, StoredCaseLoader
+from ..distributed import Distributed
 from ..errors import AhnetError, CheckpointError, ConfigError
-from ..fileio import atomic_write_text, ensure_output_dir, remove_stale_temps
 from ..memory import keep_freed_memory
 from ..models.factory import build_model, model_meta, model_from_meta
 from ..models.imagenet import IMAGENET
 from ..tasks import task_for
-from .checkpoint import copy_checkpoint, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, load_model_state, rng_state, set_rng_state
 from .config import TrainConfig, scheduled_lr
+from .run_files import RunFiles
 from .stopping import StopSignals
 
 ADAM_BETAS = (0.9, 0.999)  # §4
 ADAM_EPS = 1e-8
-#: The training curve is redrawn at most this often (and at the end of a run): drawing it takes
-#: about a second, which short epochs would otherwise spend mostly plotting.
-CURVE_INTERVAL_S = 30.0
 #: MC-GCN's premise (§3.1) is an ImageNet-trained encoder; training it from random weights is allowed
 #: (e.g. on phantoms) but should never happen unnoticed.
 RANDOM_ENCODER_WARNING = (
     "MC-GCN's ResNet encoder starts from random weights, although the paper's MC-GCN (§3.1) starts from "
     "ImageNet weights; pass --pretrained imagenet (torchvision's weights via torch hub's cache) or "
     "--pretrained FILE (a local torchvision-format file)")
-#: Files of a run folder, all written atomically (a kill leaves at most a stale temporary file).
-RUN_FILES = ("checkpoint_latest.pt", "checkpoint_best.pt", "config.json", "metrics.jsonl", "training_curve.png")
 
 
 def _worker_init(worker_id: int) -> None:
@@ -156,50 +149,6 @@ def split_cases(cases: list[CaseFiles], val_fraction: float, seed: int, folds: i
     return train, val
 
 
-class _Distributed:
-    """Rank, world size and device; initialises the process group under torchrun."""
-
-    def __init__(self, device: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        use_cuda = torch.cuda.is_available() and device in ("auto", "cuda") or device.startswith("cuda:")
-        if device == "cpu":
-            use_cuda = False
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if use_cuda else "gloo")
-        self.rank = dist.get_rank() if self.world > 1 else 0
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device.startswith("cuda:") and self.world == 1:
-            self.device = torch.device(device)
-        elif use_cuda:
-            self.device = torch.device("cuda", local if self.world > 1 else 0)
-            torch.cuda.set_device(self.device)
-        elif device in ("auto", "cpu"):
-            self.device = torch.device("cpu")
-        else:
-            raise ConfigError(f"device {device!r} is not available (use auto, cpu, cuda or cuda:N)")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def mean(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return float(t.item()) / self.world
-
-    def sync_buffers(self, model: nn.Module) -> None:
-        """Batch-norm statistics from rank 0 everywhere (DDP syncs them before, not after, a forward)."""
-        if self.world > 1:
-            for buffer in model.buffers():
-                dist.broadcast(buffer, 0)
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
 class Trainer:
     """Trains ``config.model`` on the data set in ``config.data``; see the module docstring."""
 
@@ -218,7 +167,7 @@ class Trainer:
             self._resume_from = None
         self.config = config
         self.progress = progress
-        self.dist = _Distributed(config.device)
+        self.dist = Distributed(config.device)
         self.info: DatasetInfo = load_dataset(config.data)
         self.task = task_for(self.info.task)
         # Every file header, before anything is built or written: a broken case fails now, not hours in.
@@ -260,10 +209,7 @@ class Trainer:
             if config.model == "mc-gcn" and not config.pretrained and not resume and self.dist.main:
                 warnings.warn(RANDOM_ENCODER_WARNING, UserWarning, stacklevel=2)
         self.meta = meta
-        self._created_out = not self.out.exists()
-        self._curve_drawn_at = -math.inf
-        if self.dist.main:
-            ensure_output_dir(self.out, "run folder")
+        self.files = RunFiles(self.out)  # nothing is written before fit()
         self.model.to(self.dist.device)
         self.stages = ([Stage("decoder", config.stage1_epochs, True)] if config.stage1_epochs else []) + (
             [Stage("joint", config.epochs, False)] if config.epochs else [])
@@ -327,6 +273,8 @@ class Trainer:
         ``interrupted`` names the signal."""
         resuming = self._resume_from is not None
         had_checkpoint = (self.out / "checkpoint_latest.pt").exists()
+        if self.dist.main:
+            self.files.check_writable()
         if self.dist.device.type == "cpu" and not self.config.lean_memory:
             keep_freed_memory()
         try:
@@ -335,7 +283,7 @@ class Trainer:
         except AhnetError as err:
             clean = _unwrap_worker_error(err)
             if self.dist.main and not resuming and not had_checkpoint:
-                self._remove_partial_run()
+                self.files.remove_partial()
             if clean is err:
                 raise
             raise clean from None
@@ -344,33 +292,12 @@ class Trainer:
 
     def _describe_saved(self) -> str:
         """What a forced stop leaves behind (the watchdog's message; see :mod:`.stopping`)."""
-        latest = self.out / "checkpoint_latest.pt"
-        if not self.dist.main:
-            return ""
-        if not latest.exists():
-            return f"No checkpoint was written yet in {self.out}: nothing to resume; start the run again."
-        written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(latest.stat().st_mtime))
-        return (f"{latest} (written {written}) holds the run up to its last saved step; "
-                f"continue with --resume --out {self.out}.")
-
-    def _remove_partial_run(self) -> None:
-        """A run that failed before its first checkpoint leaves nothing behind."""
-        if (self.out / "checkpoint_latest.pt").exists():
-            return
-        for name in ("config.json", "metrics.jsonl", "training_curve.png"):
-            (self.out / name).unlink(missing_ok=True)
-        if self._created_out:
-            try:
-                self.out.rmdir()
-            except OSError:
-                pass
+        return self.files.describe_saved() if self.dist.main else ""
 
     def _fit(self) -> dict[str, Any]:
         config, d = self.config, self.dist
         if d.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            remove_stale_temps(self.out, RUN_FILES)
-            atomic_write_text(self.out / "config.json", json.dumps(self._run_record(), indent=2))
+            self.files.start(self._run_record())
         samples = config.iters_per_epoch * config.batch_size
         train_set = self._loader(self.train_cases, samples, config.seed, d.rank, config.augment,
                                  config.positive_ratio)
@@ -397,14 +324,14 @@ class Trainer:
             start_iter = int(self._resume_from.get("iteration", 0))
             carried = tuple(self._resume_from.get("epoch_loss") or (0.0, 0))
             if d.main and self.history:  # the log may lag behind the checkpoint after a kill
-                self._write_metrics()
+                self.files.write_metrics(self.history)
         interrupted = None
         total = sum(s.epochs for s in self.stages)
         while self.epoch < total:
             index, stage = self._stage_at(self.epoch)
             if index != stage_index:
                 params = self._set_trainable(stage)
-                model = self._wrap()
+                model = self.dist.wrap(self.model)
                 # Fused: one kernel for every parameter (51 -> 10 ms a step for the ResNet-18 AH-Net on 2 CPU
                 # cores); the same update up to rounding.
                 optimizer = torch.optim.Adam(params, lr=config.lr, betas=ADAM_BETAS, eps=ADAM_EPS,
@@ -420,8 +347,8 @@ class Trainer:
             if not complete:  # stopped by a signal within the epoch: save where it stands
                 interrupted = self._signal_name()
                 if d.main:
-                    save_checkpoint(self.out / "checkpoint_latest.pt",
-                                    self._payload(optimizer, index, iteration=steps, epoch_loss=[loss_sum, steps]))
+                    self.files.save_latest(self._payload(optimizer, index, iteration=steps,
+                                                         epoch_loss=[loss_sum, steps]))
                 d.barrier()
                 break
             train_loss = d.mean(loss_sum / max(steps, 1))
@@ -444,7 +371,8 @@ class Trainer:
                 if improved:
                     self.best_metric = value
                 self.epoch += 1
-                self._write_epoch(record, optimizer, index, best=improved or not val_batches)
+                self.files.write_epoch(self._payload(optimizer, index), self.history,
+                                       best=improved or not val_batches)
             else:
                 self.epoch += 1
             d.barrier()
@@ -452,7 +380,7 @@ class Trainer:
                 interrupted = self._signal_name()
                 break
         if d.main and self.history:
-            self._draw_curve()
+            self.files.draw_curve(self.history)
         return {"epochs": self.epoch, "best_metric": self.best_metric, "history": self.history,
                 "interrupted": interrupted}
 
@@ -498,11 +426,7 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         """Whether SIGINT / SIGTERM arrived (on any rank: all ranks stop at the same step)."""
-        flag = self._stop is not None and self._stop.signum is not None
-        if self.dist.world > 1:
-            t = torch.tensor([float(flag)], device=self.dist.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = bool(t.item() > 0)
+        flag = self.dist.any(self._stop is not None and self._stop.signum is not None)
         if flag and self._stop is not None:
             self._stop.acknowledge()
         return flag
@@ -510,12 +434,6 @@ class Trainer:
     def _signal_name(self) -> str:
         signum = self._stop.signum if self._stop is not None and self._stop.signum else signal.SIGTERM
         return signal.Signals(signum).name
-
-    def _wrap(self) -> nn.Module:
-        if self.dist.world == 1:
-            return self.model
-        ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
     def _lr_at(self, stage: Stage, step_in_epoch: int) -> float:
         """The configured schedule's rate at this step: a function of the position in the stage
@@ -601,25 +519,6 @@ class Trainer:
             "best_metric": self.best_metric, "rng": rng_state(), "config": self.config.to_dict(),
             "preprocessing": self.preprocessing.to_dict(), "history": self.history, **extra,
         }
-
-    def _write_epoch(self, record: dict, optimizer: torch.optim.Optimizer, stage: int, best: bool) -> None:
-        save_checkpoint(self.out / "checkpoint_latest.pt", self._payload(optimizer, stage))
-        if best:
-            copy_checkpoint(self.out / "checkpoint_latest.pt", self.out / "checkpoint_best.pt")
-        self._write_metrics()
-        if time.monotonic() - self._curve_drawn_at >= CURVE_INTERVAL_S:
-            self._draw_curve()
-
-    def _draw_curve(self) -> None:
-        from .curves import plot_training_curve
-
-        plot_training_curve(self.history, self.out / "training_curve.png")
-        self._curve_drawn_at = time.monotonic()
-
-    def _write_metrics(self) -> None:
-        """``metrics.jsonl``, rewritten whole from the history (which the checkpoint holds), so that
-        after a kill and ``--resume`` every epoch is in it exactly once."""
-        atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
 
     def _restore(self, saved: dict[str, Any]) -> None:
         load_model_state(self.model, saved["model"], self.out / "checkpoint_latest.pt")
