@@ -373,3 +373,56 @@ def test_constructing_a_trainer_writes_nothing_and_fit_writes_the_run(seg_data, 
     assert {"checkpoint_latest.pt", "checkpoint_best.pt", "config.json", "metrics.jsonl",
             "training_curve.png"} <= {p.name for p in out.iterdir()}
     assert trainer.dist.device == torch.device("cpu") and trainer.dist.world == 1
+
+
+def test_run_state_keeps_the_later_of_tied_epochs_and_round_trips(tmp_path):
+    # Issue 16: a run's state is one object; a checkpoint of it restores the same state.
+    from ahnet.losses import LossSchedule
+    from ahnet.training.run_state import RunState
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.Adam(model.parameters())
+    state = RunState(LossSchedule("l2", switch_epoch=0))
+    assert state.finish_epoch({"epoch": 0, "val_metric": 0.0}) and state.finish_epoch({"epoch": 1, "val_metric": 0.0})
+    assert not state.finish_epoch({"epoch": 2, "val_metric": -1.0}) and not state.finish_epoch({"epoch": 3})
+    state.loss.end_epoch(0, 1.0)
+    saved = state.checkpoint(model, optimizer, stage=0)
+    torch.save(saved, tmp_path / "c.pt")
+    other = RunState(LossSchedule("l2", switch_epoch=0))
+    other.restore(torch.load(tmp_path / "c.pt", weights_only=True), torch.nn.Linear(2, 1), tmp_path / "c.pt")
+    assert (other.epoch, other.best_metric, other.history, other.loss.phase) == (4, 0.0, state.history, "focal")
+
+
+def test_precise_batchnorm_changes_only_the_statistics(seg_data, tmp_path):
+    # bn_batches: at the end of every epoch the batch norms' statistics are the plain average over fixed
+    # training batches with the final weights. The weights train exactly as without it.
+    runs = {}
+    for n in (0, 2):
+        trainer = Trainer(tiny(seg_data, tmp_path / str(n), bn_batches=n), progress=False)
+        trainer.fit()
+        runs[n] = trainer
+    plain, precise = runs[0].model.state_dict(), runs[2].model.state_dict()
+    weights = [k for k in plain if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert all(torch.equal(plain[k], precise[k]) for k in weights)
+    means = [k for k in plain if k.endswith("running_mean")]
+    assert any(not torch.equal(plain[k], precise[k]) for k in means)
+    # The saved statistics are those of the fixed batches under the final weights.
+    trainer = runs[2]
+    saved = load_checkpoint(tmp_path / "2" / "checkpoint_latest.pt", kind="train")["model"]
+    batches = trainer._batchnorm_batches()
+    assert len(batches) == 2
+    norms = [m for m in trainer.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    trainer.model.train()
+    with torch.no_grad():
+        for images in batches:
+            trainer.model(images)
+    again = trainer.model.state_dict()
+    assert all(torch.allclose(saved[k], again[k], rtol=1e-5, atol=1e-6) for k in means)
+
+
+def test_bn_batches_must_not_be_negative(seg_data, tmp_path):
+    with pytest.raises(ConfigError, match="bn_batches"):
+        tiny(seg_data, tmp_path, bn_batches=-1)

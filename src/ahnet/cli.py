@@ -357,6 +357,9 @@ def _add_train_arguments(p: argparse.ArgumentParser, dims: int) -> None:
                    "of other contrast phases and scanners (on in `ahnet train`'s plans)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of the cases held out for validation")
     p.add_argument("--val-patches", type=int, default=4, help="fixed validation patches per held-out case")
+    p.add_argument("--bn-batches", type=int, default=None,
+                   help="re-estimate the batch norms' statistics over this many fixed training batches at the end "
+                   "of every epoch, before validation and the checkpoint (default 8; 0: keep running averages)")
     p.add_argument("--no-focal", dest="focal", action="store_false", default=None,
                    help="never switch to the focal loss")
     p.add_argument("--dice-loss", action="store_true", default=None,

@@ -143,7 +143,6 @@ class FastBlock(nn.Module):
         return torch.addcmul(h, identity, self.down_scale.to(h.dtype), out=out).relu_()
 
 
-
 class AHResNetEncoder(nn.Module):
     """The transferred encoder (§3.2.2-3.2.3): the 2D ResNet with a depth added to every kernel.
 
@@ -286,7 +285,6 @@ class FastEncoder(nn.Module):
         return taps
 
 
-
 class NormReLUConv(nn.Sequential):
     """Pre-activation unit BatchNorm - ReLU - Conv3d, the decoder's building block (as DenseNet)."""
 
@@ -393,7 +391,6 @@ class FastAnisotropicDenseLayer(FastDenseLayer):
         return self.z_last(z.relu_()).add_(h)
 
 
-
 class Pseudo3DDenseLayer(nn.Module):
     """Released code's dense layer: 1x1x1 to ``factor*growth``; 3x3x1 to ``growth``; 1x1x3 on that;
     the 3x3x1 and 1x1x3 outputs summed; 1x1x1; concatenated to the input."""
@@ -436,7 +433,6 @@ class FastPseudo3DDenseLayer(FastDenseLayer):
 
     def z_out(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return self.mix(self.mix_norm(z.add_(h)))
-
 
 
 class IsotropicDenseLayer(nn.Module):
@@ -520,7 +516,6 @@ class FastLevel(nn.Module):
         return buf
 
 
-
 class PyramidVolumetricPooling(nn.Module):
     """Pyramid volumetric pooling (§3.3): MaxPool kxkx1 for each k, each projected by Conv 1x1x1 to
     one channel and interpolated back; the maps are concatenated in front of the input features.
@@ -579,7 +574,6 @@ class FastPyramid(nn.Module):
         maps = [resize_xy(proj(pooled[k][:, front:]), buf.shape[2:]) for k, proj in zip(self.pools, self.proj)]
         for part in chunks(buf.shape[0], buf[0].numel(), budget):  # the front channels share cache lines
             torch.cat([m[part] for m in maps], dim=1, out=buf[part, :front])
-
 
 
 class AHNet(nn.Module):

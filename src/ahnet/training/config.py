@@ -56,6 +56,11 @@ class TrainConfig:
     intensity_augment: bool = False
     val_fraction: float = 0.2
     val_patches: int = 4
+    #: batches of training patches (fixed, augmented as in training) over which the batch norms'
+    #: statistics are re-estimated at the end of every epoch, before validation and the checkpoint
+    #: ("precise BN"); 0 keeps the running averages, which lag behind fast-changing weights (with
+    #: batches of 2 they made whole validation epochs predict no liver at all; experiments/RESULTS.md)
+    bn_batches: int = 8
     #: K-fold cross-validation: with ``folds`` K > 1 the seeded case order is cut into K folds and fold
     #: ``fold`` is held out for validation (``val_fraction`` is then unused)
     folds: int = 1
@@ -94,6 +99,8 @@ class TrainConfig:
         for name in ("batch_size", "iters_per_epoch", "val_patches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.bn_batches < 0:
+            raise ConfigError(f"bn_batches must be >= 0, got {self.bn_batches}")
         if self.epochs < 0 or self.stage1_epochs < 0 or self.epochs + self.stage1_epochs < 1:
             raise ConfigError("train for at least one epoch (epochs + stage1_epochs >= 1)")
         if self.stage1_epochs and not self.init:

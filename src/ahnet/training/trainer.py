@@ -10,11 +10,14 @@ Each epoch: ``iters_per_epoch`` batches of patches sampled online in DataLoader 
 validation on fixed held-out patches, a line in ``metrics.jsonl``, ``training_curve.png``, and
 ``checkpoint_latest.pt`` (plus ``checkpoint_best.pt`` when validation improves), all written
 atomically by rank 0. Under ``torchrun`` the same code trains data-parallel (DDP).
+
+The trainer composes: the task (targets, loss, validation), a :class:`~.run_state.RunState` (where the
+run stands, saved and restored whole), :class:`~.run_files.RunFiles` (the run folder, written from
+:meth:`Trainer.fit` only) and :class:`~ahnet.distributed.Distributed` (device, ranks); it runs the loop.
 """
 
 from __future__ import annotations
 
-import math
 import signal
 import time
 import warnings
@@ -35,13 +38,15 @@ from ..data.sampling import EpochSampler, IntensityAugment, PatchDataset, check_
 from ..data.store import PreprocessedStore, StoredCaseLoader
 from ..distributed import Distributed
 from ..errors import AhnetError, CheckpointError, ConfigError
+from ..losses import LossSchedule
 from ..memory import keep_freed_memory
 from ..models.factory import build_model, model_meta, model_from_meta
 from ..models.imagenet import IMAGENET
 from ..tasks import task_for
-from .checkpoint import load_checkpoint, load_model_state, rng_state, set_rng_state
+from .checkpoint import load_checkpoint, load_model_state
 from .config import TrainConfig, scheduled_lr
 from .run_files import RunFiles
+from .run_state import RunState
 from .stopping import StopSignals
 
 ADAM_BETAS = (0.9, 0.999)  # §4
@@ -213,13 +218,27 @@ class Trainer:
         self.model.to(self.dist.device)
         self.stages = ([Stage("decoder", config.stage1_epochs, True)] if config.stage1_epochs else []) + (
             [Stage("joint", config.epochs, False)] if config.epochs else [])
-        self.loss = self.task.loss(config)
-        self.amp_dtype, self.scaler = self._amp()
-        self.best_metric = -math.inf
-        self.epoch = 0  # next epoch to run
-        self.history: list[dict[str, Any]] = []
+        self.amp_dtype, scaler = self._amp()
+        self.state = RunState(self.task.loss(config), scaler)
         self._stop: StopSignals | None = None
         self._tensorboard = None
+
+    @property
+    def epoch(self) -> int:
+        """The next epoch to run (:class:`RunState`)."""
+        return self.state.epoch
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.state.history
+
+    @property
+    def loss(self) -> LossSchedule:
+        return self.state.loss
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return self.state.scaler
 
     # -- set-up -------------------------------------------------------------------------------
     def _amp(self) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
@@ -317,10 +336,11 @@ class Trainer:
     def _run_epochs(self, loader: DataLoader, sampler: EpochSampler) -> dict[str, Any]:
         config, d = self.config, self.dist
         val_batches = self._validation_batches() if d.main and self.val_cases else []
+        bn_batches = self._batchnorm_batches() if d.main else []
         optimizer, stage_index, model = None, -1, self.model
         start_iter, carried = 0, (0.0, 0)
         if self._resume_from is not None:
-            self._restore(self._resume_from)
+            self.state.restore(self._resume_from, self.model, self.out / "checkpoint_latest.pt")
             start_iter = int(self._resume_from.get("iteration", 0))
             carried = tuple(self._resume_from.get("epoch_loss") or (0.0, 0))
             if d.main and self.history:  # the log may lag behind the checkpoint after a kill
@@ -352,6 +372,8 @@ class Trainer:
                 d.barrier()
                 break
             train_loss = d.mean(loss_sum / max(steps, 1))
+            if d.main:
+                self._reestimate_batchnorm(stage, bn_batches)
             d.sync_buffers(self.model)
             phase = self.loss.phase
             switched = self.loss.end_epoch(self.epoch, train_loss)
@@ -362,26 +384,19 @@ class Trainer:
                 metric = self._validate(val_batches)
                 record.update(metric)
                 record["time_s"] = round(time.time() - start, 3)
-                self.history.append(record)
+                improved = self.state.finish_epoch(record)
                 self._report_epoch(record, total)
-                # A tie goes to the later, longer-trained epoch (a detection metric often stays 0
-                # for the first epochs: the best must not stay the first one).
-                value = metric.get("val_metric")  # None without validation cases
-                improved = value is not None and value >= self.best_metric
-                if improved:
-                    self.best_metric = value
-                self.epoch += 1
                 self.files.write_epoch(self._payload(optimizer, index), self.history,
                                        best=improved or not val_batches)
             else:
-                self.epoch += 1
+                self.state.epoch += 1
             d.barrier()
             if self.epoch < total and self._stop_requested():
                 interrupted = self._signal_name()
                 break
         if d.main and self.history:
             self.files.draw_curve(self.history)
-        return {"epochs": self.epoch, "best_metric": self.best_metric, "history": self.history,
+        return {"epochs": self.epoch, "best_metric": self.state.best_metric, "history": self.history,
                 "interrupted": interrupted}
 
     def _report_epoch(self, record: dict[str, Any], total: int) -> None:
@@ -496,6 +511,39 @@ class Trainer:
         return [{k: torch.stack([it[k] for it in items[i:i + config.batch_size]]) for k in items[0]}
                 for i in range(0, len(items), config.batch_size)]
 
+    def _batchnorm_batches(self) -> list[torch.Tensor]:
+        """Fixed training images (augmented as in training) for :meth:`_reestimate_batchnorm`."""
+        config = self.config
+        if not config.bn_batches:
+            return []
+        data = self._loader(self.train_cases, config.bn_batches * config.batch_size, config.seed + 2, 0,
+                            config.augment, config.positive_ratio)
+        return [torch.stack([data[i + j]["image"] for j in range(config.batch_size)])
+                for i in range(0, len(data), config.batch_size)]
+
+    @torch.no_grad()
+    def _reestimate_batchnorm(self, stage: Stage, batches: list[torch.Tensor]) -> None:
+        """Precise BN: the statistics of every batch norm trained in this stage, recomputed as the plain
+        average over ``batches`` with the epoch's final weights. The running averages mix the statistics
+        of many earlier weights; with small batches they can lag far enough that the network in
+        evaluation mode (validation, the checkpoint, prediction) predicts nonsense. Training itself
+        never reads them, so the steps are unchanged."""
+        if not batches:
+            return
+        self._train_mode(stage)
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                 and m.track_running_stats]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        autocast = torch.autocast(self.dist.device.type, self.amp_dtype) if self.amp_dtype else nullcontext()
+        for images in batches:
+            with autocast:
+                self.model(images.to(self.dist.device))
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+
     @torch.no_grad()
     def _validate(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         if not batches:
@@ -512,20 +560,7 @@ class Trainer:
                 "world_size": self.dist.world, "device": str(self.dist.device)}
 
     def _payload(self, optimizer: torch.optim.Optimizer, stage: int, **extra) -> dict[str, Any]:
-        return {
-            "kind": "train", "model_meta": self.meta, "model": self.model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
-            "epoch": self.epoch, "stage": stage, "loss_schedule": self.loss.state_dict(),
-            "best_metric": self.best_metric, "rng": rng_state(), "config": self.config.to_dict(),
-            "preprocessing": self.preprocessing.to_dict(), "history": self.history, **extra,
-        }
-
-    def _restore(self, saved: dict[str, Any]) -> None:
-        load_model_state(self.model, saved["model"], self.out / "checkpoint_latest.pt")
-        self.epoch = int(saved["epoch"])
-        self.loss.load_state_dict(saved["loss_schedule"])
-        self.best_metric = float(saved["best_metric"])
-        self.history = list(saved.get("history", []))
-        if self.scaler is not None and saved.get("scaler"):
-            self.scaler.load_state_dict(saved["scaler"])
-        set_rng_state(saved["rng"])
+        """A checkpoint: the run's state (:meth:`RunState.checkpoint`) and what the run is."""
+        return {"kind": "train", "model_meta": self.meta, "config": self.config.to_dict(),
+                "preprocessing": self.preprocessing.to_dict(),
+                **self.state.checkpoint(self.model, optimizer, stage, **extra)}
