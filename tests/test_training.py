@@ -426,3 +426,11 @@ def test_precise_batchnorm_changes_only_the_statistics(seg_data, tmp_path):
 def test_bn_batches_must_not_be_negative(seg_data, tmp_path):
     with pytest.raises(ConfigError, match="bn_batches"):
         tiny(seg_data, tmp_path, bn_batches=-1)
+
+
+def test_fixed_batches_are_the_indexed_patches_stacked(seg_data, tmp_path):
+    trainer = Trainer(tiny(seg_data, tmp_path / "run"), progress=False)
+    data = trainer._loader(trainer.train_cases, 5, 7, 0, augment=True, positive_ratio=0.7)
+    batches = data.fixed_batches(2)
+    assert [len(b["image"]) for b in batches] == [2, 2, 1]
+    assert torch.equal(batches[1]["image"][1], data[3]["image"]) and torch.equal(batches[2]["target"][0], data[4]["target"])

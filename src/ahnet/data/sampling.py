@@ -244,8 +244,18 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """The patch number ``index`` of this run (any non-negative integer, see EpochSampler)."""
-        rng = np.random.default_rng([self.seed, self.rank, index])
-        return self.sample(rng)
+        return self.sample(self._rng(index))
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.rank, index])
+
+    def fixed_batches(self, batch_size: int) -> list[dict[str, torch.Tensor]]:
+        """The dataset's ``len(self)`` patches (the same as indexing gives), drawn once in this process and
+        stacked into batches: a fixed set, such as the validation patches or the batch-norm calibration
+        patches, read beside the epochs' stream and never part of it."""
+        items = [self.sample(self._rng(i)) for i in range(self.samples)]
+        return [{k: torch.stack([it[k] for it in items[i:i + batch_size]]) for k in items[0]}
+                for i in range(0, len(items), batch_size)]
 
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         positive = rng.random() < self.positive_ratio

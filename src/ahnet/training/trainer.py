@@ -507,9 +507,7 @@ class Trainer:
         config = self.config
         data = self._loader(self.val_cases, config.val_patches * len(self.val_cases), config.seed + 1, 0,
                             augment=False, positive_ratio=0.5)
-        items = [data[i] for i in range(len(data))]
-        return [{k: torch.stack([it[k] for it in items[i:i + config.batch_size]]) for k in items[0]}
-                for i in range(0, len(items), config.batch_size)]
+        return data.fixed_batches(config.batch_size)
 
     def _batchnorm_batches(self) -> list[torch.Tensor]:
         """Fixed training images (augmented as in training) for :meth:`_reestimate_batchnorm`."""
@@ -518,8 +516,7 @@ class Trainer:
             return []
         data = self._loader(self.train_cases, config.bn_batches * config.batch_size, config.seed + 2, 0,
                             config.augment, config.positive_ratio)
-        return [torch.stack([data[i + j]["image"] for j in range(config.batch_size)])
-                for i in range(0, len(data), config.batch_size)]
+        return [batch["image"] for batch in data.fixed_batches(config.batch_size)]
 
     @torch.no_grad()
     def _reestimate_batchnorm(self, stage: Stage, batches: list[torch.Tensor]) -> None:
