@@ -23,7 +23,9 @@ def why_unreadable(path: Path, err: Exception) -> str:
     PyTorch's own advice to load with ``weights_only=False``: that runs whatever code the file holds."""
     with open(path, "rb") as f:
         head = f.read(348)
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch's zip format, legacy pickle
+    zip_file = head.startswith(b"PK\x03\x04")  # torch's format
+    legacy_pickle = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")  # protocol 2-5
+    if not (zip_file or legacy_pickle):
         if head.startswith(b"\x1f\x8b"):
             return "a gzip file (a .nii.gz volume?), not a PyTorch file"
         if len(head) >= 348 and head[344:347] in (b"n+1", b"ni1"):
