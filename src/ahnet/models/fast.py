@@ -32,7 +32,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-
 CL = torch.channels_last
 #: Elements a chunk of slices may hold on CPU: 16 MB of float32. Smaller chunks fit the cache no
 #: better in practice and mean more, shorter parallel regions (each waits for every thread: slow
@@ -40,8 +39,6 @@ CL = torch.channels_last
 CPU_CHUNK_ELEMENTS = 1 << 22
 Norm = nn.modules.batchnorm._BatchNorm
 Take = Callable[[tuple[int, ...], torch.Tensor], torch.Tensor]
-
-
 Chunked = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
