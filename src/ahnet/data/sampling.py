@@ -4,7 +4,8 @@ Patches are drawn inside ``DataLoader`` workers while the network trains (asynch
 Every sample is a pure function of ``(seed, rank, index)``, and :class:`EpochSampler` hands out the
 indices of epoch ``e`` as ``e * samples ... (e + 1) * samples - 1``. So a run resumed from a
 checkpoint sees exactly the patches it would have seen, whatever the number of workers (which stay
-alive, with their cache of loaded cases, from epoch to epoch), and DDP ranks draw different patches.
+alive, with their cache of loaded cases, from epoch to epoch: :class:`ahnet.training.patch_stream.PatchStream`),
+and DDP ranks draw different patches.
 
 * ``mode="3d"``: image ``(C, X, Y, Z)`` and target of the patch (label ``(X, Y, Z)`` int64 or
   heatmap ``(1, X, Y, Z)`` float32).
@@ -174,22 +175,27 @@ def foreground_statistics(prepared: PreparedCase, max_samples: int = 20000) -> n
 
 
 class EpochSampler(Sampler[int]):
-    """Indices ``epoch * samples`` to ``(epoch + 1) * samples - 1``: each epoch new, reproducible patches."""
+    """Indices ``epoch * samples`` to ``(epoch + epochs) * samples - 1``: each epoch new, reproducible
+    patches. A run iterates once over all the epochs it has left, so its DataLoader workers (and their
+    cache of loaded cases) live from the first epoch to the last."""
 
     def __init__(self, samples: int):
-        self.samples, self.epoch, self.start = samples, 0, 0
+        self.samples, self.epoch, self.start, self.epochs = samples, 0, 0, 1
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Epoch ``epoch`` from its sample ``start`` on (an epoch resumed in the middle)."""
+    def set_epoch(self, epoch: int, start: int = 0, epochs: int = 1) -> None:
+        """Epochs ``epoch`` ... ``epoch + epochs - 1``, the first from its sample ``start`` on (an epoch
+        resumed in the middle)."""
         if not 0 <= start <= self.samples:
             raise ConfigError(f"start must be within [0, {self.samples}], got {start}")
-        self.epoch, self.start = epoch, start
+        if epochs < 1:
+            raise ConfigError(f"epochs must be at least 1, got {epochs}")
+        self.epoch, self.start, self.epochs = epoch, start, epochs
 
     def __iter__(self):
-        return iter(range(self.epoch * self.samples + self.start, (self.epoch + 1) * self.samples))
+        return iter(range(self.epoch * self.samples + self.start, (self.epoch + self.epochs) * self.samples))
 
     def __len__(self) -> int:
-        return self.samples - self.start
+        return self.epochs * self.samples - self.start
 
 
 class PatchDataset(Dataset):

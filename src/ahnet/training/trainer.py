@@ -29,12 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
 from ..data.dataset import CaseFiles, DatasetInfo, load_dataset
 from ..data.intensity import Intensity
 from ..data.preprocessing import CaseLoader, Preprocessing
-from ..data.sampling import EpochSampler, IntensityAugment, PatchDataset, check_cases
+from ..data.sampling import IntensityAugment, PatchDataset, check_cases
 from ..data.store import PreprocessedStore, StoredCaseLoader
 from ..distributed import Distributed
 from ..errors import AhnetError, CheckpointError, ConfigError
@@ -46,6 +45,7 @@ from ..tasks import task_for
 from .checkpoint import load_checkpoint, load_model_state
 from .config import TrainConfig, scheduled_lr
 from .run_files import RunFiles
+from .patch_stream import PatchStream
 from .run_state import RunState
 from .stopping import StopSignals
 
@@ -59,42 +59,12 @@ RANDOM_ENCODER_WARNING = (
     "--pretrained FILE (a local torchvision-format file)")
 
 
-def _worker_init(worker_id: int) -> None:
-    """DataLoader workers leave SIGINT / SIGTERM to the main process, which stops cleanly (a
-    terminal's Ctrl-C reaches the whole process group); they exit when the main process ends."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def _release_workers(loader: DataLoader) -> None:
-    """Stop a loader's persistent workers now. They ignore SIGTERM (see :func:`_worker_init`), so
-    they must not outlive the run: an exception's traceback keeps the loader alive, and at exit
-    ``multiprocessing`` would wait for them forever. DataLoader has no public close; its iterator's
-    shutdown is what its own ``__del__`` calls."""
-    iterator = getattr(loader, "_iterator", None)
-    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-        iterator._shutdown_workers()
-    loader._iterator = None
-
-
 def _duration(seconds: float) -> str:
     """``1h02m``, ``3m20s`` or ``12s``: an ETA a person reads at a glance."""
     seconds = int(round(seconds))
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-def _unwrap_worker_error(err: AhnetError) -> AhnetError:
-    """DataLoader re-raises a worker's exception with the worker's traceback in its message; give
-    back the original one-line message instead."""
-    text = str(err)
-    if not (text.startswith("Caught ") and "Original Traceback" in text):
-        return err
-    cls = type(err)
-    marker = f"{cls.__module__}.{cls.__qualname__}: "
-    i = text.rfind(marker)
-    return cls(text[i + len(marker):].strip()) if i >= 0 else err
 
 
 #: Settings a resumed run may change: where it runs, its logging, and how long its last stage lasts.
@@ -132,6 +102,28 @@ class Stage:
     name: str
     epochs: int
     encoder_frozen: bool
+
+
+@dataclass
+class StageRun:
+    """A stage in progress: its number, the model as it steps (DDP-wrapped under torchrun) and the
+    optimiser of the parameters it trains."""
+
+    index: int
+    stage: Stage
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run goes on: the stage whose optimiser state was saved, and within the epoch the
+    step reached with the loss summed so far (0 and 0.0 after a completed epoch)."""
+
+    stage: int
+    optimizer: dict[str, Any]
+    step: int = 0
+    loss_sum: float = 0.0
 
 
 def split_cases(cases: list[CaseFiles], val_fraction: float, seed: int, folds: int = 1,
@@ -299,13 +291,10 @@ class Trainer:
         try:
             with StopSignals(self._describe_saved) as self._stop:
                 return self._fit()
-        except AhnetError as err:
-            clean = _unwrap_worker_error(err)
+        except AhnetError:
             if self.dist.main and not resuming and not had_checkpoint:
                 self.files.remove_partial()
-            if clean is err:
-                raise
-            raise clean from None
+            raise
         finally:
             self._stop = None
 
@@ -317,80 +306,38 @@ class Trainer:
         config, d = self.config, self.dist
         if d.main:
             self.files.start(self._run_record())
-        samples = config.iters_per_epoch * config.batch_size
-        train_set = self._loader(self.train_cases, samples, config.seed, d.rank, config.augment,
-                                 config.positive_ratio)
-        sampler = EpochSampler(samples)
-        loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                            drop_last=True, pin_memory=d.device.type == "cuda",
-                            persistent_workers=config.workers > 0,
-                            worker_init_fn=_worker_init if config.workers > 0 else None)
+        train_set = self._loader(self.train_cases, config.iters_per_epoch * config.batch_size, config.seed, d.rank,
+                                 config.augment, config.positive_ratio)
         self._open_tensorboard()
         try:
-            return self._run_epochs(loader, sampler)
+            with PatchStream(train_set, config.batch_size, config.workers,
+                             pin_memory=d.device.type == "cuda") as stream:
+                return self._run_epochs(stream)
         finally:
-            _release_workers(loader)
             if self._tensorboard is not None:
                 self._tensorboard.close()
 
-    def _run_epochs(self, loader: DataLoader, sampler: EpochSampler) -> dict[str, Any]:
-        config, d = self.config, self.dist
+    def _run_epochs(self, stream: PatchStream) -> dict[str, Any]:
+        """Epoch after epoch to the end of the last stage, or to a stop signal (saved where it stands)."""
+        d = self.dist
         val_batches = self._validation_batches() if d.main and self.val_cases else []
         bn_batches = self._batchnorm_batches() if d.main else []
-        optimizer, stage_index, model = None, -1, self.model
-        start_iter, carried = 0, (0.0, 0)
-        if self._resume_from is not None:
-            self.state.restore(self._resume_from, self.model, self.out / "checkpoint_latest.pt")
-            start_iter = int(self._resume_from.get("iteration", 0))
-            carried = tuple(self._resume_from.get("epoch_loss") or (0.0, 0))
-            if d.main and self.history:  # the log may lag behind the checkpoint after a kill
-                self.files.write_metrics(self.history)
-        interrupted = None
+        resume = self._restore()
         total = sum(s.epochs for s in self.stages)
+        if self.epoch < total:
+            stream.start(self.epoch, resume.step if resume else 0, epochs=total - self.epoch)
+        run, interrupted = None, None
         while self.epoch < total:
             index, stage = self._stage_at(self.epoch)
-            if index != stage_index:
-                params = self._set_trainable(stage)
-                model = self.dist.wrap(self.model)
-                # Fused: one kernel for every parameter (51 -> 10 ms a step for the ResNet-18 AH-Net on 2 CPU
-                # cores); the same update up to rounding.
-                optimizer = torch.optim.Adam(params, lr=config.lr, betas=ADAM_BETAS, eps=ADAM_EPS,
-                                             fused=self.dist.device.type in ("cpu", "cuda"))
-                if self._resume_from is not None and self._resume_from["stage"] == index:
-                    optimizer.load_state_dict(self._resume_from["optimizer"])
-                stage_index = index
-            self._resume_from = None
+            if run is None or run.index != index:
+                run = self._start_stage(index, stage, resume)
             start = time.time()
-            sampler.set_epoch(self.epoch, start=start_iter * config.batch_size)
-            loss_sum, steps, complete = self._train_epoch(model, optimizer, loader, stage, start_iter, *carried)
-            start_iter, carried = 0, (0.0, 0)
-            if not complete:  # stopped by a signal within the epoch: save where it stands
-                interrupted = self._signal_name()
-                if d.main:
-                    self.files.save_latest(self._payload(optimizer, index, iteration=steps,
-                                                         epoch_loss=[loss_sum, steps]))
-                d.barrier()
+            loss_sum, steps, complete = self._train_epoch(run, stream, resume)
+            resume = None
+            if not complete:
+                interrupted = self._save_interrupted(run, loss_sum, steps)
                 break
-            train_loss = d.mean(loss_sum / max(steps, 1))
-            if d.main:
-                self._reestimate_batchnorm(stage, bn_batches)
-            d.sync_buffers(self.model)
-            phase = self.loss.phase
-            switched = self.loss.end_epoch(self.epoch, train_loss)
-            record = {"epoch": self.epoch, "stage": stage.name, "loss_phase": phase,
-                      "train_loss": train_loss, "switched_to_focal": switched, "time_s": 0.0,
-                      "lr": optimizer.param_groups[0]["lr"]}  # that of the epoch's last step
-            if d.main:
-                metric = self._validate(val_batches)
-                record.update(metric)
-                record["time_s"] = round(time.time() - start, 3)
-                improved = self.state.finish_epoch(record)
-                self._report_epoch(record, total)
-                self.files.write_epoch(self._payload(optimizer, index), self.history,
-                                       best=improved or not val_batches)
-            else:
-                self.state.epoch += 1
-            d.barrier()
+            self._finish_epoch(run, loss_sum / max(steps, 1), val_batches, bn_batches, start, total)
             if self.epoch < total and self._stop_requested():
                 interrupted = self._signal_name()
                 break
@@ -398,6 +345,60 @@ class Trainer:
             self.files.draw_curve(self.history)
         return {"epochs": self.epoch, "best_metric": self.state.best_metric, "history": self.history,
                 "interrupted": interrupted}
+
+    def _restore(self) -> ResumePoint | None:
+        """With ``--resume``: the saved state restored (used up here, once), and where the loop goes on."""
+        saved, self._resume_from = self._resume_from, None
+        if saved is None:
+            return None
+        self.state.restore(saved, self.model, self.out / "checkpoint_latest.pt")
+        if self.dist.main and self.history:  # the log may lag behind the checkpoint after a kill
+            self.files.write_metrics(self.history)
+        loss_sum = (saved.get("epoch_loss") or (0.0, 0))[0]
+        return ResumePoint(int(saved["stage"]), saved["optimizer"], int(saved.get("iteration", 0)), float(loss_sum))
+
+    def _start_stage(self, index: int, stage: Stage, resume: ResumePoint | None) -> StageRun:
+        params = self._set_trainable(stage)
+        model = self.dist.wrap(self.model)
+        # Fused: one kernel for every parameter (51 -> 10 ms a step for the ResNet-18 AH-Net on 2 CPU
+        # cores); the same update up to rounding.
+        optimizer = torch.optim.Adam(params, lr=self.config.lr, betas=ADAM_BETAS, eps=ADAM_EPS,
+                                     fused=self.dist.device.type in ("cpu", "cuda"))
+        if resume is not None and resume.stage == index:
+            optimizer.load_state_dict(resume.optimizer)
+        return StageRun(index, stage, model, optimizer)
+
+    def _save_interrupted(self, run: StageRun, loss_sum: float, steps: int) -> str:
+        """A stop signal within an epoch: the checkpoint at the step reached; the signal's name."""
+        if self.dist.main:
+            self.files.save_latest(self._payload(run.optimizer, run.index, iteration=steps,
+                                                 epoch_loss=[loss_sum, steps]))
+        self.dist.barrier()
+        return self._signal_name()
+
+    def _finish_epoch(self, run: StageRun, train_loss: float, val_batches: list, bn_batches: list,
+                      start: float, total: int) -> None:
+        """The epoch's end: batch-norm statistics, the loss schedule, validation, its record and files."""
+        d = self.dist
+        train_loss = d.mean(train_loss)
+        if d.main:
+            self._reestimate_batchnorm(run.stage, bn_batches)
+        d.sync_buffers(self.model)
+        phase = self.loss.phase
+        switched = self.loss.end_epoch(self.epoch, train_loss)
+        record = {"epoch": self.epoch, "stage": run.stage.name, "loss_phase": phase,
+                  "train_loss": train_loss, "switched_to_focal": switched, "time_s": 0.0,
+                  "lr": run.optimizer.param_groups[0]["lr"]}  # that of the epoch's last step
+        if d.main:
+            record.update(self._validate(val_batches))
+            record["time_s"] = round(time.time() - start, 3)
+            improved = self.state.finish_epoch(record)
+            self._report_epoch(record, total)
+            self.files.write_epoch(self._payload(run.optimizer, run.index), self.history,
+                                   best=improved or not val_batches)
+        else:
+            self.state.epoch += 1
+        d.barrier()
 
     def _report_epoch(self, record: dict[str, Any], total: int) -> None:
         """One line per epoch that stays on screen and in logs (bars are for terminals only), and
@@ -458,26 +459,28 @@ class Trainer:
         step = (self.epoch - first) * per_epoch + step_in_epoch
         return scheduled_lr(self.config.lr, self.config.lr_schedule, step, stage.epochs * per_epoch)
 
-    def _train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
-                     stage: Stage, start: int = 0, total: float = 0.0, count: int = 0) -> tuple[float, int, bool]:
-        """Steps ``start`` ... of this epoch; returns the loss sum and the steps done in the epoch
-        (``total`` and ``count`` carry those of an epoch resumed in the middle), and whether the
-        epoch is complete (False when a signal stopped it)."""
+    def _train_epoch(self, run: StageRun, stream: PatchStream,
+                     resume: ResumePoint | None) -> tuple[float, int, bool]:
+        """The epoch's steps (from the resumed step on); returns the loss summed over the epoch's steps,
+        their number, and whether the epoch is complete (False when a signal stopped it)."""
         from tqdm import tqdm
 
-        device = self.dist.device
+        device, stage, optimizer = self.dist.device, run.stage, run.optimizer
+        first = resume.step if resume else 0
+        total, count = (resume.loss_sum if resume else 0.0), first
         self._train_mode(stage)
-        bar = tqdm(loader, desc=f"epoch {self.epoch} {stage.name} ({self.loss.phase} loss)", initial=start,
-                   total=start + len(loader), leave=False,
+        bar = tqdm(range(first, stream.steps), desc=f"epoch {self.epoch} {stage.name} ({self.loss.phase} loss)",
+                   initial=first, total=stream.steps, leave=False,
                    disable=None if self.progress and self.dist.main else True,  # None: on terminals only
                    dynamic_ncols=True)
-        for batch in bar:
+        for _ in bar:
+            batch = stream.next()
             step_start = time.monotonic()
             image = batch["image"].to(device, non_blocking=True)
             target = batch["target"].to(device, non_blocking=True)
             autocast = torch.autocast(device.type, self.amp_dtype) if self.amp_dtype else nullcontext()
             with autocast:
-                output = model(image)
+                output = run.model(image)
             loss = self.loss(output.float(), target)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"epoch {self.epoch}: the loss became {loss.item()}; lower --lr")
