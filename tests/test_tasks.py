@@ -3,7 +3,9 @@
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from ahnet.errors import ConfigError
 from ahnet.tasks import TASKS, DetectionTask, SegmentationTask, dataset_task, task_for
@@ -31,3 +33,52 @@ def test_only_the_tasks_and_the_command_line_compare_task_names():
     found = [f"{path.relative_to(SRC)}:{n}" for path in SRC.rglob("*.py") if "tasks" not in path.parts
              for n, line in enumerate(path.read_text().splitlines(), 1) if comparison.search(line)]
     assert not found
+
+
+def _heatmap_batch(shape=(24, 24, 6)):
+    """Two patches of Eq. 5 heatmaps on a 1 x 1 x 2 mm grid: one with two lesions, one negative."""
+    from ahnet.data.heatmap import gaussian_heatmap
+
+    two = gaussian_heatmap(shape, [(2, 2, 1, 7, 7, 3), (14, 12, 2, 21, 19, 5)])
+    none = np.zeros(shape, np.float32)
+    return {"image": torch.from_numpy(np.stack([two, none]))[:, None],
+            "target": torch.from_numpy(np.stack([two, none]))[:, None],
+            "spacing": torch.tensor([[1.0, 1.0, 2.0]] * 2, dtype=torch.float64)}
+
+
+class _Output(torch.nn.Module):
+    """Gives back a fixed function of its input: the validation's model."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def test_detection_validation_is_a_froc_of_the_patches():
+    task, batch = DetectionTask(), _heatmap_batch()
+    cpu = torch.device("cpu")
+    perfect = task.validate(_Output(lambda x: x), [batch], cpu, {})
+    assert perfect["val_metric"] == 1.0 and perfect["val_lesions"] == 2
+    # A peak outside both lesions, above their responses: every TPR needs one false positive (0.5 per patch).
+    def with_false_peak(x):
+        y = x.clone()
+        y[0, 0, 12, 2, 0] = 2.0
+        return y
+    one_fp = task.validate(_Output(with_false_peak), [batch], cpu, {})
+    assert one_fp["val_froc"]["0.25"] == 0.0 and one_fp["val_froc"]["0.5"] == 1.0
+    assert 0.0 < one_fp["val_metric"] < 1.0
+    # Flat output: nothing found.
+    assert task.validate(_Output(torch.zeros_like), [batch], cpu, {})["val_metric"] == 0.0
+
+
+def test_lesion_boxes_are_the_boxes_of_the_gaussian_cores():
+    from ahnet.data.heatmap import gaussian_heatmap
+    from ahnet.tasks.detection import lesion_boxes
+
+    heatmap = gaussian_heatmap((30, 30, 8), [(4, 6, 2, 11, 13, 5)])
+    (box,) = lesion_boxes(heatmap)
+    assert 4 <= box[0] <= box[3] <= 11 and 6 <= box[1] <= box[4] <= 13 and 2 <= box[2] <= box[5] <= 5
+    assert lesion_boxes(heatmap[..., 3]) == [box[:2] + [0] + box[3:5] + [0]]  # a 2D map: one slice

@@ -106,7 +106,7 @@ def test_detection_heatmaps_and_focal_switch(det_data, tmp_path):
     result = Trainer(tiny(det_data, tmp_path, model="3d-unet", epochs=3, switch_epoch=0), progress=False).fit()
     history = result["history"]
     assert [h["loss_phase"] for h in history] == ["base", "focal", "focal"]
-    assert history[0]["switched_to_focal"] and "val_sensitivity" in history[0]
+    assert history[0]["switched_to_focal"] and set(history[0]["val_froc"]) == {"0.125", "0.25", "0.5", "1", "2", "4", "8"}
     saved = load_checkpoint(tmp_path / "checkpoint_latest.pt")
     assert saved["loss_schedule"]["phase"] == "focal"
 

@@ -397,6 +397,7 @@ class _HelpWithDefaults(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .evaluation.detection import NMS_RADIUS_MM, NMS_THRESHOLD, NMS_TOP_K
     from .evaluation.segmentation import SURFACE_TOLERANCE_MM
     from .experiments import SCALES
 
@@ -565,10 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
                          help="segmentation: keep only the largest connected foreground component (default: as the "
                          "plan of an `ahnet train` run folder says, else off)")
-    predict.add_argument("--nms-radius-mm", type=float, nargs="+", default=[5.0],
+    predict.add_argument("--nms-radius-mm", type=float, nargs="+", default=[NMS_RADIUS_MM],
                          help="detection: NMS neighbourhood radius in mm (one value, or one per file axis)")
-    predict.add_argument("--threshold", type=float, default=0.1, help="detection: minimum score")
-    predict.add_argument("--top-k", type=int, default=50, help="detection: at most this many per case")
+    predict.add_argument("--threshold", type=float, default=NMS_THRESHOLD, help="detection: minimum score")
+    predict.add_argument("--top-k", type=int, default=NMS_TOP_K, help="detection: at most this many per case")
     predict.add_argument("--overwrite", action="store_true",
                          help="predict again cases whose outputs exist (default: keep them, e.g. after a crash)")
     predict.add_argument("--max-memory", type=float, metavar="GB",

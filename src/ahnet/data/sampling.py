@@ -12,6 +12,9 @@ and DDP ranks draw different patches.
 * ``mode="2d"``: a stack of three neighbouring slices ``(3C, X, Y)`` (channel-major: ``[c0 z-1,
   c0 z, c0 z+1, c1 z-1, ...]``, the layout ``transfer_2d_to_3d`` assumes) and the centre slice's
   target.
+
+Each sample also carries ``spacing``, the voxel size in mm of its grid (the prepared case's), which the
+detection validation needs to suppress non-maxima over a distance in mm.
 """
 
 from __future__ import annotations
@@ -306,4 +309,5 @@ class PatchDataset(Dataset):
         target_t = torch.from_numpy(np.ascontiguousarray(target))
         if not label:
             target_t = target_t.float().unsqueeze(0)
-        return {"image": torch.from_numpy(np.ascontiguousarray(image)).float(), "target": target_t}
+        return {"image": torch.from_numpy(np.ascontiguousarray(image)).float(), "target": target_t,
+                "spacing": torch.tensor(prepared.spacing, dtype=torch.float64)}

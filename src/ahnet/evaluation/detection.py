@@ -39,6 +39,12 @@ from ..fileio import atomic_write_bytes
 #: FP/volume rates at which the FROC is read: Table 4's columns, then the DBT challenge's 1, 2, 4.
 FROC_RATES = (0.01, 0.05, 0.10, 0.15, 0.20, 0.25, 1.0, 2.0, 4.0)
 
+#: Non-maximum suppression of ``ahnet predict`` (and of the validation during training): neighbourhood
+#: radius in mm, minimum score, findings kept per volume.
+NMS_RADIUS_MM = 5.0
+NMS_THRESHOLD = 0.1
+NMS_TOP_K = 50
+
 CSV_COLUMNS = ("case", "x", "y", "z", "score")
 CSV_WORLD_COLUMNS = ("x_mm", "y_mm", "z_mm")
 

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from ..data.volume import read_header
 from ..errors import ConfigError, DataError
+from ..evaluation.detection import NMS_RADIUS_MM, NMS_THRESHOLD, NMS_TOP_K
 from ..fileio import ensure_output_dir, remove_stale_temps
 from ..tasks import OutputOptions
 from .predictor import Predictor, available_memory, find_cases
@@ -22,7 +23,8 @@ def file_spacing(volume) -> tuple[float, float, float]:
 
 def predict(checkpoint: str | Path | Sequence[str | Path], inputs: str | Path, out_dir: str | Path, *,
             device: str = "auto", overlap: float = 0.5, batch_size: int = 4, mirror: bool = False, save_probabilities: bool = False,
-            nms_radius_mm: float | Sequence[float] = 5.0, threshold: float = 0.1, top_k: int = 50,
+            nms_radius_mm: float | Sequence[float] = NMS_RADIUS_MM, threshold: float = NMS_THRESHOLD,
+            top_k: int = NMS_TOP_K,
             overwrite: bool = False, max_memory: int | None = None, largest_component: bool = False,
             progress: bool = True) -> dict:
     """Predict every case of ``inputs`` into ``out_dir`` with a checkpoint, or with the average of several

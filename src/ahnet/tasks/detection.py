@@ -62,6 +62,31 @@ def read_heatmap(path: Path, reference) -> np.ndarray:
     return heatmap
 
 
+#: False positives per validation patch at which :meth:`DetectionTask.validate` reads the TPR (the rates
+#: of LUNA16's competition performance metric, per patch instead of per scan).
+VALIDATION_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def lesion_boxes(heatmap: np.ndarray) -> list[list[int]]:
+    """The inclusive boxes ``[x0, y0, z0, x1, y1, z1]`` of the connected Gaussian cores of an Eq. 5 heatmap
+    (2D maps are one slice, z = 0)."""
+    from scipy import ndimage
+
+    core = heatmap >= math.exp(-2)
+    core = core[..., None] if core.ndim == 2 else core
+    return [[s.start for s in found] + [s.stop - 1 for s in found]
+            for found in ndimage.find_objects(ndimage.label(core)[0])]
+
+
+def patch_maxima(output: np.ndarray, spacing, radius_mm, top_k: int) -> list[tuple[int, int, int, float]]:
+    """The local maxima of one patch's output (2D: one slice) within ``radius_mm``, every score ranked."""
+    from ..evaluation.detection import non_max_suppression, radius_from_mm
+
+    output = output[..., None] if output.ndim == 2 else output
+    return non_max_suppression(output, radius_from_mm(radius_mm, spacing), threshold=float(output.min()),
+                               top_k=top_k)
+
+
 class DetectionTask(Task):
     """Boxes per case: the Eq. 5 heatmap regressed with L2, the sensitivity of its maximum, FROC."""
 
@@ -69,7 +94,7 @@ class DetectionTask(Task):
     title = "detection"
     base_loss = "l2"
     dice_loss = False
-    metric_name = "val sensitivity"
+    metric_name = "val mean TPR at 1/8-8 FP/patch"
     label_maps = False
     needs_labels = False
     needs_boxes = True
@@ -105,18 +130,25 @@ class DetectionTask(Task):
         return target, arrays, {}
 
     def validate(self, model, batches, device, labels):
-        """A positive patch is found when the response maximum lies inside a lesion's Gaussian core
-        (target >= exp(-2), the ellipsoid inscribed in its box at sigma = box / 4)."""
-        hits = positives = 0
+        """The FROC of the validation patches, scored as ``ahnet evaluate det`` scores volumes (§4.1): the
+        local maxima of each patch's output (non-maximum suppression as ``ahnet predict`` does it, every
+        score ranked) against the patch's lesions, each the box around a connected Gaussian core of its
+        target (target >= exp(-2): the ellipsoid inscribed in the lesion's box at sigma = box / 4).
+        ``val_metric`` is the mean TPR at :data:`VALIDATION_RATES` false positives per patch, a graded
+        number where the TPR at one rate stays 0 for many epochs."""
+        from ..evaluation.detection import NMS_RADIUS_MM, NMS_TOP_K, Detection, froc
+
+        detections, boxes = [], {}
         for batch in batches:
-            pred = model(batch["image"].to(device)).float().cpu().flatten(1)
-            target = batch["target"].flatten(1)
-            for p, t in zip(pred, target):
-                if t.max() >= 0.5:
-                    positives += 1
-                    hits += bool(t[p.argmax()] >= math.exp(-2))
-        sensitivity = hits / positives if positives else 0.0
-        return {"val_metric": sensitivity, "val_sensitivity": sensitivity}
+            outputs = model(batch["image"].to(device)).float().cpu()[:, 0].numpy()
+            for output, target, spacing in zip(outputs, batch["target"][:, 0].numpy(), batch["spacing"].tolist()):
+                patch = str(len(boxes))
+                boxes[patch] = lesion_boxes(target)
+                for x, y, z, score in patch_maxima(output, spacing, NMS_RADIUS_MM, NMS_TOP_K):
+                    detections.append(Detection(patch, x, y, z, score))
+        result = froc(detections, boxes, VALIDATION_RATES)
+        return {"val_metric": float(np.mean(list(result.froc.values()))), "val_froc": result.froc,
+                "val_lesions": result.lesions}
 
     def writer(self, out, options):
         return HeatmapFiles(out, options)
