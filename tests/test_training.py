@@ -16,7 +16,7 @@ from ahnet.training import TrainConfig, Trainer, load_checkpoint, save_checkpoin
 from ahnet.training.config import scheduled_lr
 from ahnet.training.checkpoint import copy_checkpoint
 from ahnet.training.trainer import split_cases
-from ahnet.data.dataset import load_dataset
+from ahnet.data.dataset import CaseFiles, load_dataset
 
 from datasets import write_nifti
 
@@ -176,6 +176,47 @@ def test_split_is_seeded_and_disjoint(seg_data):
     train, val = split_cases(cases, 0.25, seed=3)
     assert len(val) == 1 and not {c.name for c in train} & {c.name for c in val}
     assert split_cases(cases, 0.25, seed=3) == (train, val)
+
+
+def _det_cases(positives: int, negatives: int) -> list[CaseFiles]:
+    return [CaseFiles(f"case_{i:03d}", [Path(f"{i}.nii.gz")], None, [(0, 0, 0, 1, 1, 1)] if i < positives else [])
+            for i in range(positives + negatives)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_split_spreads_negative_volumes_over_training_and_validation(seed):
+    """Validation of only negative volumes would score a FROC of 0 whatever the network does (the demo's
+    DBT split did, seed 0): negatives and positives are split in proportion, also into folds."""
+    cases = _det_cases(positives=8, negatives=4)
+    train, val = split_cases(cases, 0.15, seed=seed)
+    assert sorted(bool(c.boxes) for c in val) == [False, True]
+    for fold in range(4):
+        _, held = split_cases(cases, 0.2, seed=seed, folds=4, fold=fold)
+        assert sum(not c.boxes for c in held) == 1 and len(held) == 3
+
+
+def test_split_of_one_group_is_the_seeded_permutation(seg_data):
+    """Segmentation splits are those of earlier versions: the first cases of the seeded permutation."""
+    cases = load_dataset(seg_data).cases
+    for seed in range(4):
+        order = np.random.default_rng(seed).permutation(len(cases))
+        assert {c.name for c in split_cases(cases, 0.5, seed=seed)[1]} == {cases[i].name for i in order[:2]}
+
+
+def test_a_resumed_run_keeps_the_cases_it_started_with(det_data, tmp_path, monkeypatch):
+    import ahnet.training.trainer as trainer_module
+
+    out = tmp_path / "run"
+    first = Trainer(tiny(det_data, out, model="3d-unet", patch=(16, 16, 4), epochs=1, iters_per_epoch=1),
+                    progress=False)
+    first.fit()
+    names = ([c.name for c in first.train_cases], [c.name for c in first.val_cases])
+    assert load_checkpoint(out / "checkpoint_latest.pt")["split"] == {"train": names[0], "val": names[1]}
+    swapped = lambda cases, *args, **kw: (cases[1:], cases[:1])  # another rule of the split
+    monkeypatch.setattr(trainer_module, "split_cases", swapped)
+    resumed = Trainer(tiny(det_data, out, model="3d-unet", patch=(16, 16, 4), epochs=2, iters_per_epoch=1),
+                      resume=True, progress=False, changes={"epochs": 2})
+    assert ([c.name for c in resumed.train_cases], [c.name for c in resumed.val_cases]) == names
 
 
 @pytest.mark.parametrize("kw,match", [

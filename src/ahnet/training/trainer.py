@@ -18,6 +18,7 @@ run stands, saved and restored whole), :class:`~.run_files.RunFiles` (the run fo
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 import warnings
@@ -36,7 +37,7 @@ from ..data.preprocessing import CaseLoader, Preprocessing
 from ..data.sampling import IntensityAugment, PatchDataset, check_cases
 from ..data.store import PreprocessedStore, StoredCaseLoader
 from ..distributed import Distributed
-from ..errors import AhnetError, CheckpointError, ConfigError
+from ..errors import AhnetError, CheckpointError, ConfigError, DataError
 from ..losses import LossSchedule
 from ..memory import keep_freed_memory
 from ..models.factory import build_model, model_meta, model_from_meta
@@ -132,8 +133,22 @@ def split_cases(cases: list[CaseFiles], val_fraction: float, seed: int, folds: i
 
     With ``folds`` K > 1, the seeded order is cut into K near-equal folds and fold ``fold`` is the
     validation set, so the K runs of a cross-validation validate on every case exactly once.
+
+    Stratified: negative volumes (detection cases without a box) and positive ones are spread over the
+    training and validation sets in proportion, so that validation never holds only negatives (its FROC
+    would then be 0 whatever the network does). The seeded order interleaves the groups: each case
+    stands at its rank within its group, scaled to the group's size. With one group (segmentation, or
+    detection without negatives) that order is the seeded permutation itself.
     """
     order = np.random.default_rng(seed).permutation(len(cases))
+    groups = [_split_group(cases[i]) for i in order]
+    sizes = {g: groups.count(g) for g in set(groups)}
+    seen = dict.fromkeys(sizes, 0)
+    position = []
+    for g in groups:
+        position.append((seen[g] + 0.5) / sizes[g])
+        seen[g] += 1
+    order = order[np.argsort(position, kind="stable")]
     if folds > 1:
         if folds > len(cases):
             raise ConfigError(f"{folds} folds need at least {folds} cases; the data set has {len(cases)}")
@@ -144,6 +159,10 @@ def split_cases(cases: list[CaseFiles], val_fraction: float, seed: int, folds: i
     val = sorted((c for i, c in enumerate(cases) if i in held), key=lambda c: c.name)
     train = sorted((c for i, c in enumerate(cases) if i not in held), key=lambda c: c.name)
     return train, val
+
+
+def _split_group(case: CaseFiles) -> str:
+    return "negative" if case.boxes is not None and not case.boxes else "positive"
 
 
 class Trainer:
@@ -182,6 +201,8 @@ class Trainer:
                     self.preprocessing.z_spacing)
         self.train_cases, self.val_cases = split_cases(self.info.cases, config.val_fraction, config.seed,
                                                          config.folds, config.fold)
+        if resume:  # the cases the run started with, even where the rule of the split has changed since
+            self.train_cases, self.val_cases = self._recorded_split(self._resume_from)
         out_channels = self.task.out_channels(self.info.labels)
         channels = len(self.info.channel_names)
         torch.manual_seed(config.seed)
@@ -214,6 +235,23 @@ class Trainer:
         self.state = RunState(self.task.loss(config), scaler)
         self._stop: StopSignals | None = None
         self._tensorboard = None
+
+    def _recorded_split(self, saved: dict[str, Any]) -> tuple[list[CaseFiles], list[CaseFiles]]:
+        """The training and validation cases of the run being resumed: as its checkpoint names them, or
+        its ``config.json`` for checkpoints written before they did; the split computed now otherwise."""
+        split = saved.get("split")
+        if split is None:
+            try:
+                record = json.loads((self.out / "config.json").read_text())
+                split = {"train": record["train_cases"], "val": record["val_cases"]}
+            except (OSError, ValueError, KeyError):
+                return self.train_cases, self.val_cases
+        by_name = {c.name: c for c in self.info.cases}
+        missing = [name for name in split["train"] + split["val"] if name not in by_name]
+        if missing:
+            raise DataError(f"--resume: the run trained on case(s) {', '.join(missing[:5])} that {self.config.data} "
+                            "no longer has; restore them or start a new run")
+        return [by_name[n] for n in split["train"]], [by_name[n] for n in split["val"]]
 
     @property
     def epoch(self) -> int:
@@ -563,4 +601,5 @@ class Trainer:
         """A checkpoint: the run's state (:meth:`RunState.checkpoint`) and what the run is."""
         return {"kind": "train", "model_meta": self.meta, "config": self.config.to_dict(),
                 "preprocessing": self.preprocessing.to_dict(),
+                "split": {"train": [c.name for c in self.train_cases], "val": [c.name for c in self.val_cases]},
                 **self.state.checkpoint(self.model, optimizer, stage, **extra)}
