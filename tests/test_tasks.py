@@ -74,11 +74,22 @@ def test_detection_validation_is_a_froc_of_the_patches():
     assert task.validate(_Output(torch.zeros_like), [batch], cpu, {})["val_metric"] == 0.0
 
 
-def test_lesion_boxes_are_the_boxes_of_the_gaussian_cores():
+@pytest.mark.parametrize("box", [(4, 6, 2, 11, 13, 5), (3, 3, 1, 4, 20, 1), (10, 0, 0, 29, 9, 7)])
+def test_lesion_boxes_are_the_boxes_the_heatmap_was_made_from(box):
     from ahnet.data.heatmap import gaussian_heatmap
     from ahnet.tasks.detection import lesion_boxes
 
-    heatmap = gaussian_heatmap((30, 30, 8), [(4, 6, 2, 11, 13, 5)])
-    (box,) = lesion_boxes(heatmap)
-    assert 4 <= box[0] <= box[3] <= 11 and 6 <= box[1] <= box[4] <= 13 and 2 <= box[2] <= box[5] <= 5
-    assert lesion_boxes(heatmap[..., 3]) == [box[:2] + [0] + box[3:5] + [0]]  # a 2D map: one slice
+    heatmap = gaussian_heatmap((30, 30, 8), [box])
+    assert lesion_boxes(heatmap) == [list(box)]
+    for z in range(box[2], box[5] + 1):  # every slice through the box holds its in-plane extent
+        assert lesion_boxes(heatmap[..., z]) == [list(box[:2]) + [0] + list(box[3:5]) + [0]]
+    outside = [z for z in range(8) if not box[2] - 1 <= z <= box[5] + 1]
+    assert all(lesion_boxes(heatmap[..., z]) == [] for z in outside)
+
+
+def test_two_lesions_are_two_boxes():
+    from ahnet.data.heatmap import gaussian_heatmap
+    from ahnet.tasks.detection import lesion_boxes
+
+    boxes = [(2, 2, 1, 7, 7, 3), (14, 12, 2, 21, 19, 5)]
+    assert sorted(lesion_boxes(gaussian_heatmap((24, 24, 6), boxes))) == sorted(list(b) for b in boxes)

@@ -67,15 +67,35 @@ def read_heatmap(path: Path, reference) -> np.ndarray:
 VALIDATION_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
+#: Lesions of a heatmap are its connected regions above this level (an Eq. 5 Gaussian falls to it at
+#: 3 sigma, beyond its box's faces at 2 sigma): far enough out to keep each lesion in one piece.
+LESION_FLOOR = 0.01
+
+
 def lesion_boxes(heatmap: np.ndarray) -> list[list[int]]:
-    """The inclusive boxes ``[x0, y0, z0, x1, y1, z1]`` of the connected Gaussian cores of an Eq. 5 heatmap
-    (2D maps are one slice, z = 0)."""
+    """The inclusive boxes ``[x0, y0, z0, x1, y1, z1]`` that an Eq. 5 heatmap was made from (2D maps are
+    one slice, z = 0), recovered per lesion: along each axis, where the lesion's maximum over the other
+    axes exceeds exp(-2) of its peak - exactly the box's extent at sigma = box / 4, since a Gaussian's
+    profile falls to exp(-2) at 2 sigma. In a slice or a patch through part of a lesion, that is the part
+    of the box it holds; a slice outside a box (its peak below exp(-2)) holds no lesion."""
     from scipy import ndimage
 
-    core = heatmap >= math.exp(-2)
-    core = core[..., None] if core.ndim == 2 else core
-    return [[s.start for s in found] + [s.stop - 1 for s in found]
-            for found in ndimage.find_objects(ndimage.label(core)[0])]
+    heatmap = heatmap[..., None] if heatmap.ndim == 2 else heatmap
+    labels, _ = ndimage.label(heatmap >= LESION_FLOOR)
+    boxes = []
+    for k, region in enumerate(ndimage.find_objects(labels), start=1):
+        values = np.where(labels[region] == k, heatmap[region], 0.0)
+        peak = float(values.max())
+        if peak <= math.exp(-2):
+            continue
+        box = []
+        for axis in range(3):
+            profile = values.max(axis=tuple(a for a in range(3) if a != axis))
+            # (1 + 1e-4): a one-voxel extent's Gaussian (sigma 0.5) reaches exp(-2) exactly at its neighbours
+            inside = np.flatnonzero(profile > math.exp(-2) * peak * (1 + 1e-4))
+            box.append((region[axis].start + inside[0], region[axis].start + inside[-1]))
+        boxes.append([int(lo) for lo, _ in box] + [int(hi) for _, hi in box])
+    return boxes
 
 
 def patch_maxima(output: np.ndarray, spacing, radius_mm, top_k: int) -> list[tuple[int, int, int, float]]:
@@ -132,8 +152,7 @@ class DetectionTask(Task):
     def validate(self, model, batches, device, labels):
         """The FROC of the validation patches, scored as ``ahnet evaluate det`` scores volumes (§4.1): the
         local maxima of each patch's output (non-maximum suppression as ``ahnet predict`` does it, every
-        score ranked) against the patch's lesions, each the box around a connected Gaussian core of its
-        target (target >= exp(-2): the ellipsoid inscribed in the lesion's box at sigma = box / 4).
+        score ranked) against the patch's lesions, the boxes its target was made from (:func:`lesion_boxes`).
         ``val_metric`` is the mean TPR at :data:`VALIDATION_RATES` false positives per patch, a graded
         number where the TPR at one rate stays 0 for many epochs."""
         from ..evaluation.detection import NMS_RADIUS_MM, NMS_TOP_K, Detection, froc
