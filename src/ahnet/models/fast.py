@@ -32,6 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from . import layout
+
 CL = torch.channels_last
 #: Elements a chunk of slices may hold on CPU: 16 MB of float32. Smaller chunks fit the cache no
 #: better in practice and mean more, shorter parallel regions (each waits for every thread: slow
@@ -96,15 +98,14 @@ def norm_affine(bn: Norm) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def batch_zview(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Slices ``(N*Z, C, X, Y)`` (channels-last) as the same memory read ``(N, C, Z, X*Y)``."""
-    b, c, sx, sy = x.shape
-    return x.permute(0, 2, 3, 1).reshape(n, b // n, sx * sy, c).permute(0, 3, 1, 2)
+    """Slices ``(N*Z, C, X, Y)`` (channels-last) as the same memory read ``(N, C, Z, X*Y)``: the slices of
+    ``n`` slice-major volumes (:func:`~.layout.from_slices`) in their z view (:func:`~.layout.zview`)."""
+    return layout.zview(layout.from_slices(x, n))
 
 
 def batch_from_zview(v: torch.Tensor, sx: int, sy: int) -> torch.Tensor:
     """Inverse of :func:`batch_zview`."""
-    n, c, sz, _ = v.shape
-    return v.permute(0, 2, 3, 1).reshape(n * sz, sx, sy, c).permute(0, 3, 1, 2)
+    return layout.slices(layout.from_zview(v, sx, sy))
 
 
 def pool_slice_groups(x: torch.Tensor, k: int) -> torch.Tensor:
