@@ -239,6 +239,11 @@ def test_nms_threshold_and_top_k():
     assert [p[:3] for p in non_max_suppression(heat, (5, 5, 2), threshold=0.1, top_k=1)] == [(10, 10, 4)]
     assert len(non_max_suppression(heat, (5, 5, 2), threshold=0.1, top_k=None)) == 3
     assert non_max_suppression(heat, (5, 5, 2), threshold=0.95) == []
+    # None: every maximum, however low (a FROC ranks them all); here also the flat background's corner plateau
+    low = heat * 0.01
+    assert non_max_suppression(low, (5, 5, 2)) == []
+    assert [p[:3] for p in non_max_suppression(low, (5, 5, 2), threshold=None)][:3] == [(10, 10, 4), (20, 35, 2),
+                                                                                          (30, 12, 8)]
 
 
 def test_nms_plateau_gives_one_peak_the_first_in_c_order():

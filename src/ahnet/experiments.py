@@ -238,7 +238,7 @@ def run_arms(task: str, arms: tuple[Arm, ...], scale: Scale, data: Path, test: P
         train_s = time.time() - start
         start = time.time()
         predict(folder / "train" / "checkpoint_best.pt", test / "imagesTr", folder / "predictions", device=device,
-                progress=progress, threshold=0.05, top_k=10, overwrite=True)
+                progress=progress, threshold=None, top_k=10, overwrite=True)  # the FROC ranks every maximum
         predict_s = time.time() - start
         meta = load_checkpoint(folder / "train" / "checkpoint_best.pt", kind="train")["model_meta"]
         params = sum(p.numel() for p in model_from_meta(meta).parameters())

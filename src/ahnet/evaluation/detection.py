@@ -64,13 +64,14 @@ class Detection:
 
 
 def non_max_suppression(heatmap: np.ndarray, radius: int | tuple[int, int, int] = (10, 10, 2),
-                        threshold: float = 0.1, top_k: int | None = 50) -> list[tuple[int, int, int, float]]:
+                        threshold: float | None = NMS_THRESHOLD, top_k: int | None = NMS_TOP_K
+                        ) -> list[tuple[int, int, int, float]]:
     """The local maxima of a 3D response map, as ``(x, y, z, score)`` sorted by score descending.
 
     §4.1 takes "the local maximal voxels" of the output map as findings and their responses as the
     confidence scores. A voxel is a maximum when it equals the maximum of the box of
     ``(2 rx + 1) x (2 ry + 1) x (2 rz + 1)`` voxels centred on it (outside the map counts as -inf)
-    and its value is ``>= threshold``. ``radius`` is per axis so that anisotropic volumes (DBT:
+    and its value is ``>= threshold`` (``None``: any value, for a FROC that ranks every maximum). ``radius`` is per axis so that anisotropic volumes (DBT:
     0.085 mm in-plane, 1 mm slices) can suppress over the same distance in mm on every axis, see
     :func:`radius_from_mm`.
 
@@ -87,7 +88,7 @@ def non_max_suppression(heatmap: np.ndarray, radius: int | tuple[int, int, int] 
     network output, not something to rank).
     """
     r = _check_radius(radius)
-    thr = _finite_float(threshold, "threshold", ConfigError)
+    thr = None if threshold is None else _finite_float(threshold, "threshold", ConfigError)
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise ConfigError(f"top_k must be a positive integer or None, got {top_k!r}")
     arr = np.asarray(heatmap)
@@ -106,7 +107,9 @@ def non_max_suppression(heatmap: np.ndarray, radius: int | tuple[int, int, int] 
                         "cannot rank findings (§4.1 uses the responses as confidence scores)")
     del finite
     with torch.no_grad():
-        is_max = (t == _box_max(t, r)).logical_and_(t >= thr)
+        is_max = t == _box_max(t, r)
+        if thr is not None:
+            is_max.logical_and_(t >= thr)
         pts = is_max.nonzero()  # (N, 3), lexicographic = C order
         del is_max
         if len(pts) == 0:

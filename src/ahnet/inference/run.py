@@ -23,7 +23,7 @@ def file_spacing(volume) -> tuple[float, float, float]:
 
 def predict(checkpoint: str | Path | Sequence[str | Path], inputs: str | Path, out_dir: str | Path, *,
             device: str = "auto", overlap: float = 0.5, batch_size: int = 4, mirror: bool = False, save_probabilities: bool = False,
-            nms_radius_mm: float | Sequence[float] = NMS_RADIUS_MM, threshold: float = NMS_THRESHOLD,
+            nms_radius_mm: float | Sequence[float] = NMS_RADIUS_MM, threshold: float | None = NMS_THRESHOLD,
             top_k: int = NMS_TOP_K,
             overwrite: bool = False, max_memory: int | None = None, largest_component: bool = False,
             progress: bool = True) -> dict:
@@ -33,7 +33,7 @@ def predict(checkpoint: str | Path | Sequence[str | Path], inputs: str | Path, o
     Segmentation: ``{case}.nii.gz`` labels (and ``{case}_probabilities.nii.gz`` with
     ``save_probabilities``). Detection: ``{case}_heatmap.nii.gz`` and one ``detections.csv`` with the
     local maxima of every heatmap (non-maximum suppression within ``nms_radius_mm``, scores at least
-    ``threshold``, at most ``top_k`` per case): voxel indices of the input file's axes 0, 1, 2 and
+    ``threshold`` - ``None``: any score -, at most ``top_k`` per case): voxel indices of the input file's axes 0, 1, 2 and
     world coordinates in mm. Every output has the input's shape, affine and orientation. With
     ``largest_component`` the labels keep only the largest connected foreground component.
 

@@ -33,7 +33,7 @@ class OutputOptions:
 
     save_probabilities: bool
     nms_radius_mm: float | Sequence[float]
-    threshold: float
+    threshold: float | None
     top_k: int
 
 

@@ -103,7 +103,7 @@ def patch_maxima(output: np.ndarray, spacing, radius_mm, top_k: int) -> list[tup
     from ..evaluation.detection import non_max_suppression, radius_from_mm
 
     output = output[..., None] if output.ndim == 2 else output
-    return non_max_suppression(output, radius_from_mm(radius_mm, spacing), threshold=float(output.min()),
+    return non_max_suppression(output, radius_from_mm(radius_mm, spacing), threshold=None,
                                top_k=top_k)
 
 

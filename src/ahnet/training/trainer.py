@@ -45,8 +45,8 @@ from ..models.imagenet import IMAGENET
 from ..tasks import task_for
 from .checkpoint import load_checkpoint, load_model_state
 from .config import TrainConfig, scheduled_lr
-from .run_files import RunFiles
 from .patch_stream import PatchStream
+from .run_files import RunFiles
 from .run_state import RunState
 from .stopping import StopSignals
 
