@@ -11,7 +11,7 @@ import torch
 from ahnet import ConfigError, DataError
 from ahnet.cli import main
 from ahnet.inference import Predictor, find_cases, predict
-from ahnet.inference.predictor import SliceStacks, keep_largest_component
+from ahnet.inference.predictor import SliceStacks, class_argmax, keep_largest_component
 from ahnet.models import MCGCN
 from ahnet.training import TrainConfig, Trainer
 
@@ -222,3 +222,13 @@ def _render_in_chromium(page: Path, png: Path) -> None:
 
     pixels = imread(png)
     assert pixels.shape[0] == 1600 and pixels[..., :3].std() > 0.05  # text and pictures, not a blank page
+
+
+@pytest.mark.parametrize("classes", [1, 3, 300])
+def test_class_argmax_is_numpys_argmax_ties_included(classes):
+    rng = np.random.default_rng(classes)
+    scores = rng.integers(0, 4, size=(classes, 6, 5, 4)).astype(np.float32)  # many ties
+    view = scores[:, ::-1].transpose(0, 2, 1, 3)  # a strided view, as the file orientation gives
+    labels = class_argmax(view)
+    assert labels.dtype == (np.uint8 if classes < 256 else np.uint16)
+    assert np.array_equal(labels, view.argmax(0))
