@@ -75,8 +75,8 @@ LESION_FLOOR = 0.01
 def lesion_boxes(heatmap: np.ndarray) -> list[list[int]]:
     """The inclusive boxes ``[x0, y0, z0, x1, y1, z1]`` that an Eq. 5 heatmap was made from (2D maps are
     one slice, z = 0), recovered per lesion: along each axis, where the lesion's maximum over the other
-    axes exceeds exp(-2) of its peak - exactly the box's extent at sigma = box / 4, since a Gaussian's
-    profile falls to exp(-2) at 2 sigma. In a slice or a patch through part of a lesion, that is the part
+    axes exceeds exp(-2) of its peak - exactly the box's extent at sigma = box / 4 (the default
+    ``--sigma-scale``), since a Gaussian's profile falls to exp(-2) at 2 sigma. In a slice or a patch through part of a lesion, that is the part
     of the box it holds; a slice outside a box (its peak below exp(-2)) holds no lesion."""
     from scipy import ndimage
 
@@ -108,7 +108,7 @@ def patch_maxima(output: np.ndarray, spacing, radius_mm, top_k: int) -> list[tup
 
 
 class DetectionTask(Task):
-    """Boxes per case: the Eq. 5 heatmap regressed with L2, the sensitivity of its maximum, FROC."""
+    """Boxes per case: the Eq. 5 heatmap regressed with L2, validated and evaluated by FROC."""
 
     name = "det"
     title = "detection"
