@@ -119,3 +119,39 @@ def test_untrained_network_outputs_start_near_zero():
     with torch.no_grad():
         y = model(torch.randn(2, 1, 32, 32, 8))
     assert y.abs().max() < 1.0
+
+
+def _saved_elements(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The output, and the elements autograd keeps for the backward pass of ``model(x)``."""
+    kept = []
+
+    def pack(t):
+        kept.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    return out, sum(kept)
+
+
+@pytest.mark.parametrize("preset", ["paper", "released"])
+def test_recomputation_is_the_same_step_keeping_less(preset):
+    import copy
+
+    plain = AHNet(out_channels=2, backbone="resnet18", preset=preset).double().train()
+    lean = copy.deepcopy(plain)
+    lean.recompute = True
+    x = torch.randn(2, 1, 40, 36, 20, dtype=torch.float64)
+    out_plain, kept_plain = _saved_elements(plain, x)
+    out_lean, kept_lean = _saved_elements(lean, x)
+    assert torch.equal(out_plain, out_lean)
+    assert kept_lean < 0.25 * kept_plain  # only the units' inputs
+    (out_plain.square().mean()).backward()
+    (out_lean.square().mean()).backward()
+    for (name, p), q in zip(plain.named_parameters(), lean.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=name)
+    for (name, b), c in zip(plain.named_buffers(), lean.buffers()):  # each batch counted once
+        assert torch.equal(b, c), name
+    lean.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(lean(x), plain.eval()(x), rtol=0, atol=0)

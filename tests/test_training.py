@@ -131,6 +131,17 @@ def test_resume_is_exact(seg_data, tmp_path):
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
 
 
+def test_recompute_trains_the_same_weights_and_is_refused_where_absent(seg_data, tmp_path):
+    for name, recompute in (("kept", False), ("recomputed", True)):
+        Trainer(tiny(seg_data, tmp_path / name, epochs=1, recompute=recompute), progress=False).fit()
+    a = load_checkpoint(tmp_path / "kept" / "checkpoint_latest.pt")
+    b = load_checkpoint(tmp_path / "recomputed" / "checkpoint_latest.pt")
+    for key in a["model"]:  # weights and batch-norm statistics (each batch counted once)
+        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-5, atol=1e-6, msg=key)
+    with pytest.raises(ConfigError, match="--recompute is implemented for AH-Net, not for 3d-unet"):
+        Trainer(tiny(seg_data, tmp_path / "unet", model="3d-unet", recompute=True), progress=False)
+
+
 def test_bf16_autocast_trains(seg_data, tmp_path):
     """The mixed-precision path (bf16 autocast; on CUDA it is --amp auto) runs here on the CPU."""
     result = Trainer(tiny(seg_data, tmp_path, model="mc-gcn", patch=(32, 32, 3), amp="bf16", epochs=2,

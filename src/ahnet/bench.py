@@ -64,6 +64,8 @@ TRAIN_SIZES, TRAIN_BATCH = ((96, 96, 16), (192, 192, 64)), 2
 #: defaults; MONAI's also with freed memory kept, to tell the allocator's share from the kernels'.
 TRAIN_ROWS = ("ahnet-paper", "ahnet-released", "ahnet-released-plain", "monai-ahnet")
 MEMORY_KEPT = " (memory kept)"
+#: Ours once more with activation recomputation (``--recompute``, :mod:`ahnet.models.recompute`).
+RECOMPUTED = " (recompute)"
 
 
 def parse_size(text: str, option: str = "--size") -> tuple[int, int, int]:
@@ -220,11 +222,12 @@ def _peak_child(row: str, size: tuple[int, int, int], device: str, threads: int)
 
 
 def _train_child(row: str, size: tuple[int, int, int], device: str, threads: int, steps: int,
-                 keep_memory: bool) -> dict:
+                 keep_memory: bool, recompute: bool = False) -> dict:
     """In a fresh process: ``steps`` training steps (forward, backward, Adam) of ``row`` on batches
     of ``TRAIN_BATCH`` patches of ``size`` after one warm-up; times and the process's peak memory.
     MONAI's AHNet gets the patch zero-padded to its smallest valid size, as a user would have to.
-    ``keep_memory``: :func:`ahnet.memory.keep_freed_memory` first (on the CPU)."""
+    ``keep_memory``: :func:`ahnet.memory.keep_freed_memory` first (on the CPU); ``recompute``: the
+    model's activation recomputation on."""
     from .memory import keep_freed_memory
 
     torch.set_num_threads(threads)
@@ -234,6 +237,8 @@ def _train_child(row: str, size: tuple[int, int, int], device: str, threads: int
     model = _network(row)
     if row.endswith("-plain"):
         model.slice_major = False
+    if recompute:
+        model.recompute = True
     shape = _PadTo.padded(size) if row == "monai-ahnet" else tuple(size)
     model = model.to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -259,7 +264,7 @@ def _train_child(row: str, size: tuple[int, int, int], device: str, threads: int
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _status_mb("VmHWM")
     step = statistics.median(times[1:])
     return {"patch": list(size), "ran_on": list(shape), "batch": TRAIN_BATCH, "steps": steps,
-            "memory_kept": keep_memory and dev.type == "cpu",
+            "memory_kept": keep_memory and dev.type == "cpu", "recompute": recompute,
             "median_step_s": step, "min_step_s": min(times[1:]), "max_step_s": max(times[1:]),
             "patches_per_s": TRAIN_BATCH / step, "peak_mem_mb": peak}
 
@@ -333,12 +338,20 @@ def machine(device: torch.device) -> str:
     return f"{name}, {os.cpu_count()} cores"
 
 
-def _train_rows(rows: tuple[str, ...]) -> list[tuple[str, str, bool]]:
-    """(label, row, freed memory kept) of each training run: ours as the trainer runs, the others
-    with the allocator's defaults, and MONAI's once more with freed memory kept."""
-    runs = [(row, row, not row.endswith("-plain") and row != "monai-ahnet") for row in rows if row in TRAIN_ROWS]
+def _train_rows(rows: tuple[str, ...]) -> list[tuple[str, str, bool, bool]]:
+    """(label, row, freed memory kept, recompute) of each training run: ours as the trainer runs, and
+    once more with recomputation; the others with the allocator's defaults, and MONAI's once more with
+    freed memory kept."""
+    runs = []
+    for row in rows:
+        if row not in TRAIN_ROWS:
+            continue
+        ours = not row.endswith("-plain") and row != "monai-ahnet"
+        runs.append((row, row, ours, False))
+        if ours:
+            runs.append((row + RECOMPUTED, row, True, True))
     if "monai-ahnet" in rows:
-        runs.append(("monai-ahnet" + MEMORY_KEPT, "monai-ahnet", True))
+        runs.append(("monai-ahnet" + MEMORY_KEPT, "monai-ahnet", True, False))
     return runs
 
 
@@ -399,10 +412,10 @@ def run_bench(device: str = "cpu", size: tuple[int, int, int] = PAPER_SIZE, repe
                 bar.update()
             for patch in train_sizes:
                 key = "x".join(map(str, patch))
-                for label, row, keep in train_rows:
+                for label, row, keep, recompute in train_rows:
                     bar.set_postfix_str(f"{label} training at {key} (own process)")
                     train.setdefault(key, {})[label] = children.run("train", row, patch, str(dev), threads,
-                                                                    train_steps, keep)
+                                                                    train_steps, keep, recompute)
                     bar.update()
         peak = max(peak, matmul_peak_gflops(dev))
     finally:

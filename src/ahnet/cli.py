@@ -341,12 +341,15 @@ def _add_train_arguments(p: argparse.ArgumentParser, dims: int) -> None:
                    help="mixed precision on CUDA (auto: bf16 where supported)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint (--epochs, --device, --workers, "
-                        "--tensorboard and --lean-memory may change; any other setting given must equal the run's)")
+                        "--tensorboard, --lean-memory and --recompute may change; any other setting given must equal the run's)")
     p.add_argument("--config", metavar="JSON", help="start from the settings of a run's config.json; options given "
                                                      "here override them")
     p.add_argument("--lean-memory", action="store_true", default=None,
                    help="CPU: let freed memory go back to the system (about 0.7x the peak memory, steps up to "
                    "2-3x slower; docs/performance.md)")
+    p.add_argument("--recompute", action="store_true", default=None,
+                   help="AH-Net: keep only each block's input and run it again in the backward pass (the same "
+                   "numbers on less memory, about 1.3x the step time; docs/performance.md)")
     p.add_argument("--tensorboard", action="store_true", default=None,
                    help="also write each epoch's losses and metrics to OUT/tensorboard (pip install tensorboard)")
     p.add_argument("--positive-ratio", type=float, default=0.7, help="share of patches on lesions (§4.1)")

@@ -35,6 +35,7 @@ from .layout import (SliceBatchNorm3d, SliceConv3d, SliceMaxPool3d, cat_channels
                      to_slice_major)
 from .padding import check_input, crop_spatial, pad_to_multiple
 from .presets import AHNET_PRESETS, AHNetSpec, resolve_preset
+from .recompute import Run, direct, runner
 from .resnet import RESNET_LAYOUTS, TAP_NAMES, BasicBlock, stage_widths
 
 
@@ -181,13 +182,15 @@ class AHResNetEncoder(nn.Module):
             return self.relu(self.bn1(self.pool_z(self.conv1(x))))
         return self.pool_z(self.relu(self.bn1(self.conv1(x))))
 
-    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Encoder outputs named as the 2D ResNet's (``resnet.TAP_NAMES``)."""
-        taps = {"conv1": self.stem(x)}
+    def features(self, x: torch.Tensor, run: Run = direct) -> dict[str, torch.Tensor]:
+        """Encoder outputs named as the 2D ResNet's (``resnet.TAP_NAMES``); ``run`` runs the stem and
+        each block (:func:`~ahnet.models.recompute.recomputed` to keep only their inputs)."""
+        taps = {"conv1": run(self.stem, x, owner=self.bn1)}
         taps["pool"] = self.maxpool(taps["conv1"])
         h = taps["pool"]
         for name in TAP_NAMES[2:]:
-            h = getattr(self, name)(h)
+            for block in getattr(self, name):
+                h = run(block, h)
             taps[name] = h
         return taps
 
@@ -621,6 +624,10 @@ class AHNet(nn.Module):
             raise ConfigError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
         self.spec, self.preset, self.backbone = spec, preset, backbone
         self.slice_major = True
+        #: training keeps only the inputs of the stem, each encoder block, each decoder level, the pyramid
+        #: and the head, and runs them again in the backward pass (:mod:`ahnet.models.recompute`): the
+        #: same numbers on less memory, for about one more forward pass per step
+        self.recompute = False
         self.in_channels, self.out_channels = in_channels, out_channels
         self.encoder = AHResNetEncoder(backbone, in_channels, pool_before_norm=spec.stem_pool_before_norm)
 
@@ -663,11 +670,12 @@ class AHNet(nn.Module):
         x, crop = pad_to_multiple(x, self.size_multiple)
         if self.slice_major:
             x = to_slice_major(x)
-        taps = self.encoder.features(x)
+        run = runner(self, self.recompute)
+        taps = self.encoder.features(x, run)
         h = taps["layer4"]
         for skip, level in zip(self.skips, self.decoder):
-            h = level(h, taps[skip])
-        y = self.head(self.pyramid(h))
+            h = run(level, h, taps[skip])
+        y = run(self.head, run(self.pyramid, h))
         y = crop_spatial(resize(y, x.shape[2:]), crop)
         return y.contiguous() if self.slice_major else y
 

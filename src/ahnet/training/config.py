@@ -89,6 +89,10 @@ class TrainConfig:
     #: on the CPU, let the C allocator return freed memory to the system (lower peak memory, much
     #: slower steps; see :mod:`ahnet.memory`)
     lean_memory: bool = False
+    #: keep only the inputs of each unit of the network (AH-Net: stem, encoder blocks, decoder levels,
+    #: pyramid, head) and run it again in the backward pass: the same numbers on less memory, for about
+    #: one more forward pass per step (:mod:`ahnet.models.recompute`)
+    recompute: bool = False
 
     def __post_init__(self):
         self.patch = tuple(int(p) for p in self.patch)

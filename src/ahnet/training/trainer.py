@@ -69,7 +69,7 @@ def _duration(seconds: float) -> str:
 
 
 #: Settings a resumed run may change: where it runs, its logging, and how long its last stage lasts.
-RESUME_CHANGES = ("device", "workers", "tensorboard", "epochs", "lean_memory")
+RESUME_CHANGES = ("device", "workers", "tensorboard", "epochs", "lean_memory", "recompute")
 
 
 def resumed_config(saved: dict[str, Any], changes: dict[str, Any]) -> TrainConfig:
@@ -226,6 +226,10 @@ class Trainer:
                                      pretrained=config.pretrained, options=config.options)
             if config.model == "mc-gcn" and not config.pretrained and not resume and self.dist.main:
                 warnings.warn(RANDOM_ENCODER_WARNING, UserWarning, stacklevel=2)
+        if config.recompute:
+            if not hasattr(self.model, "recompute"):
+                raise ConfigError(f"--recompute is implemented for AH-Net, not for {config.model}")
+            self.model.recompute = True
         self.meta = meta
         self.files = RunFiles(self.out)  # nothing is written before fit()
         self.model.to(self.dist.device)
