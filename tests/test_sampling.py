@@ -115,13 +115,12 @@ def test_intensity_augmentation_changes_images_only_and_in_foreground_units(seg)
     values = prepared.image[0][tuple(voxels.T)]
     assert mean == pytest.approx(values.mean(), abs=1e-4) and std == pytest.approx(values.std(), rel=1e-3)
 
-    shift = IntensityAugment(shift=1.0, contrast=(1.0, 1.0), noise=0.0, p=1.0, p_remap=0.0, p_low_resolution=0.0)
+    shift = IntensityAugment(shift=1.0, contrast=(1.0, 1.0), noise=0.0, p=1.0, p_remap=0.0)
     image, stats = np.full((1, 4, 4, 2), 5.0, np.float32), np.array([[5.0, 2.0]])
     offsets = [float(shift(image, stats, np.random.default_rng(k))[0, 0, 0, 0]) - 5.0 for k in range(200)]
     assert max(offsets) <= 2.0 and min(offsets) >= -2.0 and max(offsets) > 1.5 and min(offsets) < -1.5  # +-1 std
     assert image[0, 0, 0, 0] == 5.0  # the case's array is not changed in place
-    contrast = IntensityAugment(shift=0.0, contrast=(0.5, 0.5), noise=0.0, p=1.0, p_remap=0.0,
-                                p_low_resolution=0.0)
+    contrast = IntensityAugment(shift=0.0, contrast=(0.5, 0.5), noise=0.0, p=1.0, p_remap=0.0)
     out = contrast(np.array([[[[1.0], [9.0]]]], np.float32), stats, np.random.default_rng(0))
     np.testing.assert_allclose(out.ravel(), [3.0, 7.0])  # halved about the foreground mean
 
@@ -129,7 +128,7 @@ def test_intensity_augmentation_changes_images_only_and_in_foreground_units(seg)
 def test_intensity_remap_is_monotone_and_changes_tissue_contrast():
     """Another enhancement phase: a monotone curve between the patch's extremes, which moves two tissues
     by different amounts (a shift moves both alike)."""
-    remap = IntensityAugment(p=0.0, p_remap=1.0, p_low_resolution=0.0)
+    remap = IntensityAugment(p=0.0, p_remap=1.0)
     values = np.linspace(-3, 3, 61, dtype=np.float32).reshape(1, 61, 1, 1)
     stats = np.array([[0.0, 1.0]])
     gaps = []
@@ -140,19 +139,6 @@ def test_intensity_remap_is_monotone_and_changes_tissue_contrast():
     assert max(gaps) > 1.4 and min(gaps) < 0.6
     with pytest.raises(ConfigError, match="remap_points"):
         IntensityAugment(remap_points=(2, 5))
-
-
-def test_low_resolution_blurs_in_plane_and_keeps_slices_of_2d_stacks_apart():
-    coarser = IntensityAugment(p=0.0, p_remap=0.0, p_low_resolution=1.0, low_resolution=(0.5, 0.5))
-    noise = np.random.default_rng(0).normal(size=(1, 32, 32, 8)).astype(np.float32)
-    stats = np.array([[0.0, 1.0]])
-    out = coarser(noise, stats, np.random.default_rng(1))
-    assert out.shape == noise.shape and out.std() < 0.8 * noise.std()
-    slices = np.broadcast_to(np.array([0.0, 5.0, 10.0], np.float32), (1, 16, 16, 3)).copy()
-    kept = coarser(slices, stats, np.random.default_rng(2), resample_z=False)
-    np.testing.assert_allclose(kept, slices, atol=1e-5)  # constant slices are not blended into each other
-    with pytest.raises(ConfigError, match="low_resolution"):
-        IntensityAugment(low_resolution=(0.0, 1.0))
 
 
 def test_volume_much_smaller_than_patch_is_a_clear_error(seg):

@@ -133,12 +133,9 @@ class Augment:
 
 
 class IntensityAugment:
-    """Appearance changes between scans (contrast phase, scanner, dose, resolution), beyond the paper's
+    """Appearance changes between scans (contrast phase, scanner, dose), beyond the paper's
     geometric ones. Per patch and channel:
 
-    * with probability ``p_low_resolution``, a coarser scan: the patch is resampled down by a factor
-      within ``low_resolution`` (in-plane, and independently along z where the patch has depth) and back
-      up (nnU-Net's low-resolution simulation). A 3 mm scan resampled to a 1.5 mm plan is that blurred.
     * with probability ``p_remap``, another enhancement phase: a random monotone intensity curve
       through ``remap_points`` control points between the patch's minimum and maximum (MONAI's
       ``RandHistogramShift``). Unlike a shift, it changes the tissues' contrast against each other: a
@@ -154,23 +151,15 @@ class IntensityAugment:
     """
 
     def __init__(self, shift: float = 1.5, contrast: tuple[float, float] = (0.75, 1.25), noise: float = 0.1,
-                 p: float = 0.5, remap_points: tuple[int, int] = (4, 8), p_remap: float = 0.3,
-                 low_resolution: tuple[float, float] = (0.4, 1.0), p_low_resolution: float = 0.0):
+                 p: float = 0.5, remap_points: tuple[int, int] = (4, 8), p_remap: float = 0.3):
         if min(remap_points) < 3:
             raise ConfigError(f"remap_points must be at least 3, got {remap_points}")
-        if not 0 < low_resolution[0] <= low_resolution[1] <= 1:
-            raise ConfigError(f"low_resolution must be factors within (0, 1], got {low_resolution}")
         self.shift, self.contrast, self.noise, self.p = shift, contrast, noise, p
         self.remap_points, self.p_remap = remap_points, p_remap
-        self.low_resolution, self.p_low_resolution = low_resolution, p_low_resolution
 
-    def __call__(self, image: np.ndarray, stats: np.ndarray, rng: np.random.Generator,
-                 resample_z: bool = True) -> np.ndarray:
-        """``image`` ``(C, X, Y, Z)``; ``resample_z=False`` keeps z (the three slices of a 2D stack)."""
+    def __call__(self, image: np.ndarray, stats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         image = image.astype(np.float32, copy=True)
         for c, (mean, std) in enumerate(stats):
-            if rng.random() < self.p_low_resolution:
-                image[c] = self._coarser(image[c], rng, resample_z)
             if rng.random() < self.p_remap:
                 image[c] = self._remap(image[c], rng)
             if rng.random() < self.p:
@@ -181,15 +170,6 @@ class IntensityAugment:
                 sigma = float(rng.uniform(0, self.noise)) * std
                 image[c] += rng.normal(0.0, sigma, size=image[c].shape).astype(np.float32)
         return image
-
-    def _coarser(self, channel: np.ndarray, rng: np.random.Generator, resample_z: bool) -> np.ndarray:
-        inplane = rng.uniform(*self.low_resolution)
-        factors = (inplane, inplane, rng.uniform(*self.low_resolution) if resample_z else 1.0)
-        size = channel.shape
-        coarse = [max(1, round(s * f)) for s, f in zip(size, factors)]
-        x = torch.from_numpy(np.ascontiguousarray(channel))[None, None]
-        x = torch.nn.functional.interpolate(x, size=coarse, mode="area")
-        return torch.nn.functional.interpolate(x, size=size, mode="trilinear", align_corners=False)[0, 0].numpy()
 
     def _remap(self, channel: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         from monai.transforms import RandHistogramShift
@@ -339,7 +319,7 @@ class PatchDataset(Dataset):
             image, target = self.augment(image, target[None], label, rng)
             target = target[0]
         if self.intensity is not None:
-            image = self.intensity(image, statistics, rng, resample_z=self.mode == "3d")
+            image = self.intensity(image, statistics, rng)
         if self.mode == "2d":
             image = image.transpose(0, 3, 1, 2).reshape(-1, *self.patch[:2])  # (3C, X, Y)
             target = target[..., 1]

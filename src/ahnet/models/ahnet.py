@@ -478,9 +478,13 @@ class DecoderLevel(nn.Module):
         self.project = NormReLUConv(in_channels, skip_channels, 1)
         self.dense = dense
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        h = self.project(x)
-        return self.dense(resize(h, skip.shape[2:]) + skip)
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, run: Run = direct) -> torch.Tensor:
+        """``run`` runs each dense layer (:func:`~ahnet.models.recompute.recomputed`: within a level
+        that is itself recomputed, one layer's maps at a time)."""
+        h = resize(self.project(x), skip.shape[2:]) + skip
+        for layer in self.dense:
+            h = run(layer, h)
+        return h
 
     @fast_form_of(forward)
     def fast_form(self, front: int = 0) -> "FastLevel":
@@ -624,8 +628,8 @@ class AHNet(nn.Module):
             raise ConfigError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
         self.spec, self.preset, self.backbone = spec, preset, backbone
         self.slice_major = True
-        #: training keeps only the inputs of the stem, each encoder block, each decoder level, the pyramid
-        #: and the head, and runs them again in the backward pass (:mod:`ahnet.models.recompute`): the
+        #: training keeps only the inputs of the stem, each encoder block, each decoder level (and within
+        #: it each dense layer), the pyramid and the head, and runs them again in the backward pass (:mod:`ahnet.models.recompute`): the
         #: same numbers on less memory, for about one more forward pass per step
         self.recompute = False
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -674,7 +678,7 @@ class AHNet(nn.Module):
         taps = self.encoder.features(x, run)
         h = taps["layer4"]
         for skip, level in zip(self.skips, self.decoder):
-            h = run(level, h, taps[skip])
+            h = run(level, h, taps[skip], run)
         y = run(self.head, run(self.pyramid, h))
         y = crop_spatial(resize(y, x.shape[2:]), crop)
         return y.contiguous() if self.slice_major else y
