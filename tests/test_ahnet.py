@@ -155,3 +155,22 @@ def test_recomputation_is_the_same_step_keeping_less(preset):
     lean.eval()
     with torch.no_grad():
         torch.testing.assert_close(lean(x), plain.eval()(x), rtol=0, atol=0)
+
+
+def test_a_decoder_level_written_without_run_still_trains():
+    # A level overridden with the signature forward(x, skip) (before recomputation existed) trains as
+    # before: the network passes ``run`` to its levels only when recomputing.
+    from ahnet.models.ahnet import DecoderLevel
+
+    class Doubled(DecoderLevel):
+        def forward(self, x, skip):
+            return 2 * super().forward(x, skip)
+
+    model = AHNet(out_channels=2, backbone="resnet18").train()
+    x = torch.randn(2, 1, 64, 64, 8)
+    reference = model(x)
+    model.decoder[0].__class__ = Doubled
+    changed = model(x)
+    changed.square().mean().backward()
+    assert not torch.allclose(changed, reference)
+    assert model.decoder[0].project.conv.weight.grad is not None

@@ -677,8 +677,10 @@ class AHNet(nn.Module):
         run = runner(self, self.recompute)
         taps = self.encoder.features(x, run)
         h = taps["layer4"]
+        # A level hears of ``run`` only when recomputing, so a level written as forward(x, skip) still runs.
+        inner = () if run is direct else (run,)
         for skip, level in zip(self.skips, self.decoder):
-            h = run(level, h, taps[skip], run)
+            h = run(level, h, taps[skip], *inner)
         y = run(self.head, run(self.pyramid, h))
         y = crop_spatial(resize(y, x.shape[2:]), crop)
         return y.contiguous() if self.slice_major else y
