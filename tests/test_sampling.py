@@ -125,6 +125,19 @@ def test_intensity_augmentation_changes_images_only_and_in_foreground_units(seg)
     np.testing.assert_allclose(out.ravel(), [3.0, 7.0])  # halved about the foreground mean
 
 
+def test_intensity_augmentation_stays_within_the_normalisations_range():
+    # A liver 3 deviations darker (another contrast phase) is clipped at the window's end, as the
+    # window clips the real scan; a z-score has no ends.
+    window = Intensity("clip-zscore", (-10.0, 230.0), mean=110.0, std=40.0)
+    assert window.value_range == (-3.0, 3.0)
+    assert Intensity("ct").value_range == (0.0, 1.0) and Intensity("zscore").value_range == (-np.inf, np.inf)
+    shift = IntensityAugment(shift=6.0, contrast=(1.0, 1.0), noise=0.0, p=1.0, p_remap=0.0,
+                             value_ranges=[window.value_range])
+    image, stats = np.full((1, 4, 4, 2), 2.0, np.float32), np.array([[2.0, 1.0]])
+    outs = [float(shift(image, stats, np.random.default_rng(k))[0, 0, 0, 0]) for k in range(100)]
+    assert min(outs) == -3.0 and max(outs) == 3.0 and any(-3 < v < 3 for v in outs)
+
+
 def test_intensity_remap_is_monotone_and_changes_tissue_contrast():
     """Another enhancement phase: a monotone curve between the patch's extremes, which moves two tissues
     by different amounts (a shift moves both alike)."""

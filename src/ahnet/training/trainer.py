@@ -290,7 +290,10 @@ class Trainer:
                 positive_ratio: float) -> PatchDataset:
         # Stored cases are memory-mapped: every one stays open (the pages are the system's cache, not ours).
         cache = len(cases) if self.config.preprocessed else 8
-        intensity = IntensityAugment() if augment and self.config.intensity_augment else None
+        intensity = None
+        if augment and self.config.intensity_augment:
+            ranges = [self.preprocessing.channel_intensity(c).value_range for c in range(len(self.info.channel_names))]
+            intensity = IntensityAugment(value_ranges=ranges)
         return PatchDataset(cases, self._case_loader, self.config.patch, samples, seed=seed, rank=rank,
                             positive_ratio=positive_ratio, mode=f"{self.config.spatial_dims}d", augment=augment,
                             cache_size=cache, intensity=intensity)
