@@ -50,12 +50,10 @@ class Intensity:
     def value_range(self) -> tuple[float, float]:
         """The interval the normalised values lie in: a window's ends map to its bounds (a per-case
         z-score has none)."""
-        lo, hi = self.window
-        if self.mode == "ct":
-            return 0.0, 1.0
-        if self.mode == "clip-zscore":
-            return (lo - self.mean) / self.std, (hi - self.mean) / self.std
-        return -np.inf, np.inf
+        if self.mode == "zscore":
+            return -np.inf, np.inf
+        lo, hi = self(np.asarray(self.window, dtype=np.float64))
+        return float(lo), float(hi)
 
     def to_dict(self) -> dict:
         return {"mode": self.mode, "window": list(self.window), "mean": self.mean, "std": self.std}
